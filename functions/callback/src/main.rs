@@ -1,0 +1,20 @@
+//! Wiring only: a Step Functions task that also serves the redeliver route.
+
+use lambda_runtime::{run, service_fn, Diagnostic, Error, LambdaEvent};
+use serde_json::Value;
+use tokenops::{lambda, ports::HttpSender};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    lambda::init_logging();
+    let ctx = &lambda::ctx_from_env().await?;
+    let sender = &HttpSender::new(std::time::Duration::from_secs(10));
+    run(service_fn(move |ev: LambdaEvent<Value>| async move {
+        if lambda::is_apigw_v2(&ev.payload) {
+            return Ok(lambda::response_to_apigw_v2(&callback::handle(ctx, sender, lambda::request_from_apigw_v2(&ev.payload)).await));
+        }
+        let out = callback::run_task(ctx, sender, ev.payload).await.map_err(Diagnostic::from)?;
+        serde_json::to_value(out).map_err(|e| Diagnostic { error_type: "Internal".into(), error_message: e.to_string() })
+    }))
+    .await
+}

@@ -1,0 +1,116 @@
+//! Stage 7 — queue. Consumes run messages (SQS in AWS, the table-backed queue locally), marks the
+//! run `dispatched` with a queue-state object, and starts the orchestrated path with an execution
+//! **named by the run** (replays: `<run>-replay-<n>`), so a redelivered message can never start a
+//! second execution. Also `GET /queue`, the monitor with the consumer's heartbeat.
+
+use serde_json::json;
+use tokenops::api::{object_item, serve};
+use tokenops::config::Ctx;
+use tokenops::error::{ApiError, TaskError};
+use tokenops::http::{ApiRequest, ApiResponse};
+use tokenops::ids::{now_rfc3339, run_object_id};
+use tokenops::model::{QueueState, RunMessage};
+use tokenops::ports::{Delivery, Orchestrator, RunQueue};
+use tokenops::proof::jcs;
+use tokenops::run_state::{RunState, Transition};
+use tokenops::stage::{advance, load, Step};
+use tokenops::store::{Item, Key, Store, Write};
+
+pub const STAGE: &str = "queue";
+
+fn heartbeat_key() -> Key {
+    Key::new("QUEUE#heartbeat", "HEARTBEAT")
+}
+
+pub async fn handle<S: Store, Q: RunQueue>(ctx: &Ctx<S>, queue: &Q, req: ApiRequest) -> ApiResponse {
+    serve(ctx, req, |call| async move {
+        match call.req.operation {
+            "queue_monitor" => {
+                call.caller.agent()?;
+                let stats = queue.stats().await?;
+                let hb = ctx.store.get(&heartbeat_key()).await?.map(|i| i.doc).unwrap_or(serde_json::Value::Null);
+                Ok(ApiResponse::json(200, &json!({"queue": stats, "consumer_heartbeat": hb})))
+            }
+            other => Err(ApiError::internal(format!("queue does not serve {other}"))),
+        }
+    })
+    .await
+}
+
+/// Handles one message. `Ok` means the message may be deleted (done, or nothing to do);
+/// `Err` leaves it for redelivery (and, after enough receives, the dead-letter queue).
+pub async fn dispatch<S: Store, O: Orchestrator>(ctx: &Ctx<S>, orch: &O, d: &Delivery) -> Result<String, TaskError> {
+    let msg: &RunMessage = &d.body;
+    let run_id = tokenops::ids::parse_id("run", &msg.run_id, "run_id").map_err(|_| TaskError::BadInput(format!("message {} has no valid run_id", d.message_id)))?;
+    let name = msg.execution_name();
+    if msg.replay == 0 {
+        let rec = load(&ctx.store, &run_id).await?;
+        match rec.payload.state.check(RunState::Dispatched) {
+            Transition::Refused => {
+                tracing::info!(run_id, state = rec.payload.state.as_str(), "run not dispatchable; message dropped");
+                return Ok("dropped".into());
+            }
+            Transition::Go => {
+                let exec_name = name.clone();
+                advance(&ctx.store, &run_id, STAGE, RunState::Dispatched, |rec| {
+                    let exec_name = exec_name.clone();
+                    async move {
+                        let qs = QueueState {
+                            object_type: "queue_state".into(),
+                            queue_state_id: run_object_id("qs", &rec.payload.run_id),
+                            run_id: rec.payload.run_id.clone(),
+                            status: "dispatched".into(),
+                            message_id: d.message_id.clone(),
+                            receive_count: d.receive_count,
+                            execution_name: exec_name,
+                            queued_at: rec.payload.created_at.clone(),
+                            dispatched_at: now_rfc3339(),
+                        };
+                        let mut payload = rec.payload.clone();
+                        payload.state = RunState::Dispatched;
+                        payload.link(STAGE, &qs.queue_state_id, "queue_state", ctx.config.url(&format!("/runs/{}", qs.run_id)), jcs::digest(&qs).ok());
+                        let writes = vec![Write::create(object_item(&qs.queue_state_id, "queue_state", &payload.agent_id, Some(&qs.run_id), &qs)?)];
+                        Ok(Step { object_id: qs.queue_state_id, payload, writes, evidence_status: None })
+                    }
+                })
+                .await?;
+            }
+            // Already dispatched: the earlier delivery may have died before starting; start is idempotent.
+            Transition::AlreadyDone => {}
+        }
+    } else {
+        let rec = load(&ctx.store, &run_id).await?;
+        if rec.payload.state != RunState::Replaying {
+            return Ok("dropped".into());
+        }
+    }
+    orch.start(&name, json!({ "run_id": run_id })).await?;
+    Ok(name)
+}
+
+/// Processes a batch; returns the message ids that failed (SQS partial batch response).
+pub async fn process_batch<S: Store, Q: RunQueue, O: Orchestrator>(ctx: &Ctx<S>, queue: &Q, orch: &O, batch: Vec<Delivery>) -> Vec<String> {
+    let mut failed = Vec::new();
+    let n = batch.len();
+    for d in batch {
+        match dispatch(ctx, orch, &d).await {
+            Ok(_) => {
+                if let Err(e) = queue.ack(&d).await {
+                    tracing::warn!(message_id = %d.message_id, error = %e, "ack failed; the message will be redelivered");
+                }
+            }
+            // Not acked: redelivered after the visibility timeout; a poison message (no such run,
+            // malformed body) ends in the dead-letter queue after the maximum receives.
+            Err(e) => {
+                tracing::warn!(message_id = %d.message_id, receive_count = d.receive_count, error = %e, "dispatch failed; left for redelivery");
+                failed.push(d.message_id.clone());
+            }
+        }
+    }
+    let hb = Item::new(heartbeat_key(), "heartbeat", None, json!({"at": now_rfc3339(), "last_batch": n}));
+    if let Err(e) = ctx.store.transact(vec![Write::put(hb)]).await {
+        tracing::warn!(error = %e, "heartbeat not written");
+    }
+    failed
+}
+

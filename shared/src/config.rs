@@ -1,0 +1,45 @@
+//! Runtime configuration and the per-process context handlers receive.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::proof::dsse::AttestationKey;
+
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub base_delay_ms: u64,
+}
+
+pub struct Config {
+    /// Base of every URL in objects (`http://127.0.0.1:8787` locally, the API URL in AWS).
+    pub public_base_url: String,
+    /// Only the local runtime sets this: callbacks to loopback are allowed explicitly.
+    pub allow_loopback_callbacks: bool,
+    pub quote_ttl_secs: i64,
+    /// provider name → webhook secret (`whsec_…`) its confirmations are signed with.
+    pub provider_secrets: BTreeMap<String, String>,
+    pub attestation_key: AttestationKey,
+    pub callback_retry: RetryPolicy,
+    pub idempotency_ttl_secs: i64,
+}
+
+impl Config {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.public_base_url.trim_end_matches('/'), path)
+    }
+}
+
+/// What every handler gets: the store and the configuration. Other ports are passed separately,
+/// only to the handlers that need them.
+#[derive(Clone)]
+pub struct Ctx<S> {
+    pub store: S,
+    pub config: Arc<Config>,
+}
+
+impl<S> Ctx<S> {
+    pub fn new(store: S, config: Config) -> Self {
+        Ctx { store, config: Arc::new(config) }
+    }
+}

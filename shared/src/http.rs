@@ -1,0 +1,237 @@
+//! The HTTP edge, independent of where requests come from (API Gateway v2 events in Lambda, the
+//! local server): a plain request/response pair, the route table, problem+json rendering and
+//! body parsing that names the offending field.
+
+use std::collections::BTreeMap;
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::error::ApiError;
+
+/// Bodies above this are refused with 413 before parsing.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+#[derive(Clone, Debug, Default)]
+pub struct ApiRequest {
+    pub method: String,
+    pub path: String,
+    pub params: BTreeMap<String, String>,
+    pub query: BTreeMap<String, String>,
+    /// Header names lower-cased.
+    pub headers: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+    /// The route this request matched (its operation name).
+    pub operation: &'static str,
+}
+
+impl ApiRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+    pub fn param(&self, name: &str) -> &str {
+        self.params.get(name).map(String::as_str).unwrap_or("")
+    }
+
+    /// Parses the JSON body into `T`; errors name the field serde stopped at.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        if self.body.len() > MAX_BODY_BYTES {
+            return Err(ApiError::too_large(MAX_BODY_BYTES));
+        }
+        if self.body.is_empty() {
+            return Err(ApiError::bad_request("body", "a JSON body is required"));
+        }
+        let de = &mut serde_json::Deserializer::from_slice(&self.body);
+        let parsed: Result<T, (String, serde_json::Error)> = serde_path_to_error::deserialize(&mut *de)
+            .map_err(|e| (e.path().to_string(), e.into_inner()))
+            .and_then(|v| de.end().map(|_| v).map_err(|e| (".".to_string(), e)));
+        match parsed {
+            Ok(v) => Ok(v),
+            Err((path, inner)) => {
+                let msg = inner.to_string();
+                Err(match inner.classify() {
+                    serde_json::error::Category::Data => {
+                        // "unknown field `x`" / "missing field `y`" name a child of the path.
+                        let field = match field_from_serde_message(&msg) {
+                            Some(f) if msg.starts_with("unknown field") || msg.starts_with("missing field") => {
+                                if path == "." { f } else { format!("{path}.{f}") }
+                            }
+                            _ if path == "." => "body".to_string(),
+                            _ => path,
+                        };
+                        ApiError::invalid(&field, msg)
+                    }
+                    _ => ApiError::bad_request("body", format!("malformed JSON: {msg}")),
+                })
+            }
+        }
+    }
+}
+
+/// serde's messages quote the field: "missing field `quote_id`", "unknown field `x`, expected …".
+fn field_from_serde_message(msg: &str) -> Option<String> {
+    let start = msg.find('`')? + 1;
+    let end = msg[start..].find('`')? + start;
+    let f = &msg[start..end];
+    (!f.is_empty() && f.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')).then(|| f.to_string())
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApiResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl ApiResponse {
+    pub fn json<T: Serialize>(status: u16, value: &T) -> ApiResponse {
+        match serde_json::to_vec(value) {
+            Ok(body) => ApiResponse { status, headers: vec![("content-type".into(), "application/json".into())], body },
+            Err(e) => ApiResponse::problem(&ApiError::internal(format!("response encoding: {e}"))),
+        }
+    }
+    pub fn problem(e: &ApiError) -> ApiResponse {
+        let body = serde_json::to_vec(e).unwrap_or_else(|_| b"{}".to_vec());
+        ApiResponse { status: e.status, headers: vec![("content-type".into(), "application/problem+json".into())], body }
+    }
+    pub fn from_result<T: Serialize>(status: u16, r: Result<T, ApiError>) -> ApiResponse {
+        match r {
+            Ok(v) => ApiResponse::json(status, &v),
+            Err(e) => ApiResponse::problem(&e),
+        }
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    pub fn json_body(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// One row of the API: method, path pattern, the stage (function) that serves it, whether it needs
+/// an access key, and an operation name handlers dispatch on.
+#[derive(Clone, Copy, Debug)]
+pub struct Route {
+    pub method: &'static str,
+    pub pattern: &'static str,
+    pub stage: &'static str,
+    pub auth: bool,
+    pub operation: &'static str,
+}
+
+const fn r(method: &'static str, pattern: &'static str, stage: &'static str, auth: bool, operation: &'static str) -> Route {
+    Route { method, pattern, stage, auth, operation }
+}
+
+/// The whole agent-facing API (spec §3). The local server, the Lambda functions, the manifest's
+/// entry points and the OpenAPI document all read this table.
+pub const ROUTES: &[Route] = &[
+    r("POST", "/agents", "onboarding", false, "create_agent"),
+    r("GET", "/agents/{agent_id}", "onboarding", true, "get_agent"),
+    r("GET", "/manifest", "onboarding", false, "manifest"),
+    r("GET", "/.well-known/tokenops.json", "onboarding", false, "manifest"),
+    r("GET", "/schemas/{object}", "onboarding", false, "schema"),
+    r("GET", "/openapi.json", "onboarding", false, "openapi"),
+    r("POST", "/agents/{agent_id}/credentials", "trust", false, "claim_credentials"),
+    r("POST", "/quotes", "quote", true, "create_quote"),
+    r("GET", "/quotes/{quote_id}", "quote", true, "get_quote"),
+    r("POST", "/settlements", "provider_route", true, "create_settlement"),
+    r("GET", "/settlements/{settlement_id}", "provider_route", true, "get_settlement"),
+    r("POST", "/providers/{provider}/confirmations", "credit_entitlement", false, "provider_confirmation"),
+    r("GET", "/credit-entitlements/{credit_entitlement_id}", "credit_entitlement", true, "get_entitlement"),
+    r("POST", "/runs", "run_contract", true, "create_run"),
+    r("GET", "/runs/{run_id}", "run_contract", true, "get_run"),
+    r("POST", "/runs/{run_id}/cancel", "run_contract", true, "cancel_run"),
+    r("POST", "/runs/{run_id}/evidence", "run_contract", true, "supply_evidence"),
+    r("GET", "/queue", "queue", true, "queue_monitor"),
+    r("GET", "/exceptions/{exception_id}", "tokenops_execution", true, "get_exception"),
+    r("GET", "/results/{result_id}", "result_contract", true, "get_result"),
+    r("GET", "/receipts/{receipt_id}", "usage_receipt", true, "get_receipt"),
+    r("POST", "/runs/{run_id}/callback/redeliver", "callback", true, "redeliver_callback"),
+    r("GET", "/ledger", "ledger", true, "get_ledger"),
+    r("GET", "/ledger/verify", "ledger", true, "verify_ledger"),
+    r("GET", "/attestations/{attestation_id}", "attestation", true, "get_attestation"),
+    r("GET", "/keys", "attestation", false, "get_keys"),
+];
+
+/// Finds the route for a method and path; `Err(405)` when the path exists with another method.
+pub fn match_route(method: &str, path: &str) -> Result<Option<(Route, BTreeMap<String, String>)>, ApiError> {
+    let segs: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    let mut path_matched = false;
+    for route in ROUTES {
+        let pat: Vec<&str> = route.pattern.split('/').collect();
+        if pat.len() != segs.len() {
+            continue;
+        }
+        let mut params = BTreeMap::new();
+        let ok = pat.iter().zip(&segs).all(|(p, s)| match p.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+            Some(name) if !s.is_empty() => {
+                params.insert(name.to_string(), (*s).to_string());
+                true
+            }
+            Some(_) => false,
+            None => p == s,
+        });
+        if ok {
+            if route.method == method {
+                return Ok(Some((*route, params)));
+            }
+            path_matched = true;
+        }
+    }
+    if path_matched {
+        Err(ApiError::method_not_allowed())
+    } else {
+        Ok(None)
+    }
+}
+
+/// Parses `a=b&c=d` (percent-decoding is not needed for the ids and numbers we accept).
+pub fn parse_query(q: &str) -> BTreeMap<String, String> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (p.to_string(), String::new()),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_match_with_params_and_405() {
+        let (r, p) = match_route("GET", "/runs/run_abc").unwrap().unwrap();
+        assert_eq!((r.stage, r.operation), ("run_contract", "get_run"));
+        assert_eq!(p["run_id"], "run_abc");
+        let (r, _) = match_route("POST", "/runs/run_abc/callback/redeliver").unwrap().unwrap();
+        assert_eq!(r.stage, "callback");
+        assert_eq!(match_route("DELETE", "/runs/run_abc").unwrap_err().status, 405);
+        assert!(match_route("GET", "/nope").unwrap().is_none());
+        // every stage that serves HTTP is on the seed's path
+        assert!(ROUTES.iter().all(|r| crate::model::PATH.contains(&r.stage)));
+    }
+
+    #[test]
+    fn body_errors_name_the_field() {
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Q {
+            quote_id: String,
+            credits: i64,
+        }
+        let req = |b: &str| ApiRequest { body: b.as_bytes().to_vec(), ..Default::default() };
+        let e = req(r#"{"credits": 1}"#).json::<Q>().unwrap_err();
+        assert_eq!((e.status, e.field.as_deref()), (422, Some("quote_id")));
+        let e = req(r#"{"quote_id": "q", "credits": 1, "x": 2}"#).json::<Q>().unwrap_err();
+        assert_eq!((e.status, e.field.as_deref()), (422, Some("x")));
+        let e = req(r#"{"quote_id": "q", "credits": "ten"}"#).json::<Q>().unwrap_err();
+        assert_eq!((e.status, e.field.as_deref()), (422, Some("credits")));
+        let e = req(r#"{"quote_id": "#).json::<Q>().unwrap_err();
+        assert_eq!((e.status, e.field.as_deref()), (400, Some("body")));
+        let big = ApiRequest { body: vec![b' '; MAX_BODY_BYTES + 1], ..Default::default() };
+        assert_eq!(big.json::<Q>().unwrap_err().status, 413);
+    }
+}

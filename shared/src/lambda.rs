@@ -1,0 +1,173 @@
+//! The Lambda edge: configuration from the environment (once per cold start), API Gateway HTTP API
+//! (payload v2) events to and from [`ApiRequest`]/[`ApiResponse`], and task errors as Lambda
+//! diagnostics with stable `errorType`s.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use serde_json::{json, Value};
+
+use crate::config::{Config, Ctx, RetryPolicy};
+use crate::error::TaskError;
+use crate::http::{parse_query, ApiRequest, ApiResponse};
+use crate::proof::dsse::AttestationKey;
+use crate::store::DynamoStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("environment variable {0} is required")]
+    Missing(&'static str),
+    #[error("environment variable {0} is invalid: {1}")]
+    Invalid(&'static str, String),
+}
+
+fn env(name: &'static str) -> Result<String, ConfigError> {
+    std::env::var(name).map_err(|_| ConfigError::Missing(name))
+}
+
+/// A 32-byte seed, base64 (the SAM template passes it from the signing key source).
+pub fn key_from_b64(name: &'static str, raw: &str) -> Result<AttestationKey, ConfigError> {
+    let bytes = base64::engine::general_purpose::STANDARD.decode(raw.trim()).map_err(|e| ConfigError::Invalid(name, e.to_string()))?;
+    let seed: [u8; 32] = bytes.try_into().map_err(|_| ConfigError::Invalid(name, "must decode to 32 bytes".into()))?;
+    Ok(AttestationKey::from_seed(seed))
+}
+
+/// Cold-start wiring shared by every function: DynamoDB client (honours `AWS_ENDPOINT_URL`) and
+/// configuration from `TABLE_NAME`, `PUBLIC_BASE_URL`, `ATTESTATION_KEY_SEED`, `TEST_PROVIDER_SECRET`.
+pub async fn ctx_from_env() -> Result<Ctx<DynamoStore>, ConfigError> {
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), &env("TABLE_NAME")?);
+    let mut provider_secrets = BTreeMap::new();
+    if let Ok(s) = env("TEST_PROVIDER_SECRET") {
+        provider_secrets.insert(crate::provider::TEST_PROVIDER.to_string(), s);
+    }
+    let config = Config {
+        public_base_url: env("PUBLIC_BASE_URL")?,
+        allow_loopback_callbacks: std::env::var("ALLOW_LOOPBACK_CALLBACKS").is_ok_and(|v| v == "true"),
+        quote_ttl_secs: 900,
+        provider_secrets,
+        attestation_key: key_from_b64("ATTESTATION_KEY_SEED", &env("ATTESTATION_KEY_SEED")?)?,
+        callback_retry: RetryPolicy { attempts: 4, base_delay_ms: 500 },
+        idempotency_ttl_secs: 86_400,
+    };
+    Ok(Ctx::new(store, config))
+}
+
+/// Structured JSON logs (no secrets or evidence are ever passed to tracing fields).
+pub fn init_logging() {
+    let _ = tracing_subscriber_init();
+}
+
+fn tracing_subscriber_init() -> Result<(), ()> {
+    // lambda_runtime's tracing feature installs a JSON-capable subscriber.
+    lambda_runtime::tracing::init_default_subscriber();
+    Ok(())
+}
+
+/// API Gateway HTTP API v2 event → request.
+pub fn request_from_apigw_v2(ev: &Value) -> ApiRequest {
+    let s = |p: &str| ev.pointer(p).and_then(Value::as_str).unwrap_or("").to_string();
+    let headers: BTreeMap<String, String> = ev
+        .get("headers")
+        .and_then(Value::as_object)
+        .map(|h| h.iter().filter_map(|(k, v)| v.as_str().map(|v| (k.to_ascii_lowercase(), v.to_string()))).collect())
+        .unwrap_or_default();
+    let raw_body = s("/body");
+    let body = if ev.get("isBase64Encoded").and_then(Value::as_bool).unwrap_or(false) {
+        base64::engine::general_purpose::STANDARD.decode(raw_body.as_bytes()).unwrap_or_default()
+    } else {
+        raw_body.into_bytes()
+    };
+    ApiRequest { method: s("/requestContext/http/method"), path: s("/rawPath"), query: parse_query(&s("/rawQueryString")), headers, body, ..Default::default() }
+}
+
+pub fn is_apigw_v2(ev: &Value) -> bool {
+    ev.pointer("/requestContext/http/method").is_some()
+}
+
+/// Response → API Gateway HTTP API v2 result.
+pub fn response_to_apigw_v2(r: &ApiResponse) -> Value {
+    let headers: serde_json::Map<String, Value> = r.headers.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+    json!({"statusCode": r.status, "headers": headers, "body": String::from_utf8_lossy(&r.body), "isBase64Encoded": false})
+}
+
+/// `lambda_http` request → request.
+pub fn request_from_http(req: lambda_http::Request) -> ApiRequest {
+    let (parts, body) = req.into_parts();
+    let headers = parts.headers.iter().filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_ascii_lowercase(), v.to_string()))).collect();
+    ApiRequest {
+        method: parts.method.as_str().to_string(),
+        path: parts.uri.path().to_string(),
+        query: parse_query(parts.uri.query().unwrap_or("")),
+        headers,
+        body: body.to_vec(),
+        ..Default::default()
+    }
+}
+
+pub fn response_to_http(r: ApiResponse) -> lambda_http::Response<lambda_http::Body> {
+    let mut b = lambda_http::Response::builder().status(r.status);
+    for (k, v) in &r.headers {
+        b = b.header(k, v);
+    }
+    b.body(lambda_http::Body::from(r.body)).unwrap_or_else(|_| lambda_http::Response::new(lambda_http::Body::Empty))
+}
+
+/// Task errors reach Step Functions as `errorType` (matched by the ASL) + message.
+impl From<TaskError> for lambda_runtime::Diagnostic {
+    fn from(e: TaskError) -> Self {
+        lambda_runtime::Diagnostic { error_type: e.error_type().to_string(), error_message: e.to_string() }
+    }
+}
+
+/// Step Functions orchestrator: executions are named by the run, so a duplicate start is
+/// `ExecutionAlreadyExists`, reported as [`Started::AlreadyExists`].
+#[derive(Clone)]
+pub struct StepFunctions {
+    client: aws_sdk_sfn::Client,
+    state_machine_arn: String,
+}
+
+impl StepFunctions {
+    pub async fn from_env() -> Result<Self, ConfigError> {
+        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        Ok(StepFunctions { client: aws_sdk_sfn::Client::new(&sdk), state_machine_arn: env("STATE_MACHINE_ARN")? })
+    }
+}
+
+impl crate::ports::Orchestrator for StepFunctions {
+    async fn start(&self, name: &str, input: Value) -> Result<crate::ports::Started, crate::error::StoreError> {
+        let res = self.client.start_execution().state_machine_arn(&self.state_machine_arn).name(name).input(input.to_string()).send().await;
+        match res {
+            Ok(_) => Ok(crate::ports::Started::New),
+            Err(e) => {
+                let msg = format!("{}", aws_sdk_sfn::error::DisplayErrorContext(&e));
+                if msg.contains("ExecutionAlreadyExists") {
+                    Ok(crate::ports::Started::AlreadyExists)
+                } else {
+                    Err(crate::error::StoreError::Unavailable(msg))
+                }
+            }
+        }
+    }
+}
+
+/// SQS event records → deliveries (body must be a run message; a bad body is reported per record).
+pub fn sqs_deliveries(ev: &Value) -> Vec<Result<crate::ports::Delivery, String>> {
+    ev.get("Records")
+        .and_then(Value::as_array)
+        .map(|recs| {
+            recs.iter()
+                .map(|r| {
+                    let id = r.get("messageId").and_then(Value::as_str).unwrap_or("").to_string();
+                    let body = r.get("body").and_then(Value::as_str).unwrap_or("");
+                    let count = r.pointer("/attributes/ApproximateReceiveCount").and_then(Value::as_str).and_then(|c| c.parse().ok()).unwrap_or(1);
+                    let sent = r.pointer("/attributes/SentTimestamp").and_then(Value::as_str).and_then(|c| c.parse().ok()).unwrap_or(0);
+                    serde_json::from_str(body)
+                        .map(|body| crate::ports::Delivery { message_id: id.clone(), receipt: r.get("receiptHandle").and_then(Value::as_str).unwrap_or("").into(), body, receive_count: count, sent_at: sent })
+                        .map_err(|_| id)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,30 @@
+//! TokenOps common model crate: every function and the local runtime build on it.
+//!
+//! - [`model`]: the loop objects (serde + JSON Schema) and the full loop payload;
+//! - [`run_state`]: the run's checked state machine;
+//! - [`evidence`]: the deterministic evidence review (stage 8);
+//! - [`money`]: double-entry transfers and their conditional writes;
+//! - [`proof`]: RFC 8785 digests, the hash-chained ledger, DSSE/in-toto, Standard Webhooks;
+//! - [`store`], [`ports`], [`queue`], [`provider`]: the ports and their adapters;
+//! - [`http`], [`api`]: the HTTP edge shared by API-facing functions;
+//! - [`error`]: one error type per layer.
+
+pub mod api;
+pub mod callback;
+pub mod config;
+pub mod error;
+pub mod evidence;
+pub mod http;
+pub mod ids;
+pub mod lambda;
+pub mod manifest;
+pub mod model;
+pub mod money;
+pub mod ports;
+pub mod proof;
+pub mod provider;
+pub mod queue;
+pub mod rules;
+pub mod run_state;
+pub mod stage;
+pub mod store;

@@ -1,0 +1,11 @@
+//! Proof-object cryptography for verifiable receipts.
+//!
+//! Everything that gets hashed or signed goes through [`jcs`] first, so a
+//! verifier in any language that implements RFC 8785 reproduces the same bytes.
+//! [`ledger`] chains those digests per agent, [`dsse`] signs in-toto statements
+//! about them, and [`webhook`] authenticates their delivery to customers.
+
+pub mod dsse;
+pub mod jcs;
+pub mod ledger;
+pub mod webhook;

@@ -1,0 +1,75 @@
+//! Settlement providers. `test_provider` behaves like a real provider in test mode: told about a
+//! payment request, it confirms it shortly after by calling our confirmation webhook, signed with
+//! its secret (Standard Webhooks scheme), so the whole money path runs without a payment network.
+
+use std::time::Duration;
+
+use crate::model::{ProviderConfirmation, ProviderRoute};
+use crate::ports::SettlementProvider;
+use crate::proof::webhook;
+
+pub const TEST_PROVIDER: &str = "test_provider";
+pub const PROVIDERS: &[&str] = &[TEST_PROVIDER];
+
+#[derive(Clone)]
+pub struct TestProvider {
+    http: reqwest::Client,
+    api_base: String,
+    secret: String,
+    delay: Duration,
+}
+
+impl TestProvider {
+    pub fn new(api_base: &str, secret: &str, delay: Duration) -> Self {
+        TestProvider { http: reqwest::Client::new(), api_base: api_base.trim_end_matches('/').into(), secret: secret.into(), delay }
+    }
+
+    /// The signed webhook the provider sends: (headers, body).
+    pub fn signed_confirmation(secret: &str, route: &ProviderRoute, event_id: &str) -> Result<(Vec<(String, String)>, Vec<u8>), String> {
+        let body = serde_json::to_vec(&ProviderConfirmation {
+            provider_event_id: event_id.into(),
+            settlement_reference: route.settlement_id.clone(),
+            payment_request_id: route.payment_request.payment_request_id.clone(),
+            amount_credits: route.credits,
+            status: "paid".into(),
+        })
+        .map_err(|e| e.to_string())?;
+        let ts = crate::ids::now().unix_timestamp();
+        let sig = webhook::sign(secret, event_id, ts, &body).map_err(|e| e.to_string())?;
+        Ok((
+            vec![
+                (webhook::HEADER_ID.into(), event_id.into()),
+                (webhook::HEADER_TIMESTAMP.into(), ts.to_string()),
+                (webhook::HEADER_SIGNATURE.into(), sig),
+                ("content-type".into(), "application/json".into()),
+            ],
+            body,
+        ))
+    }
+}
+
+impl SettlementProvider for TestProvider {
+    async fn request_payment(&self, route: &ProviderRoute) -> Result<(), String> {
+        let this = self.clone();
+        let route = route.clone();
+        // Like a real provider, the confirmation arrives later and is retried until accepted.
+        tokio::spawn(async move {
+            tokio::time::sleep(this.delay).await;
+            let event_id = format!("evt_{}", crate::ids::suffix(&route.settlement_id));
+            let url = format!("{}/providers/{TEST_PROVIDER}/confirmations", this.api_base);
+            for attempt in 0..6u32 {
+                let Ok((headers, body)) = TestProvider::signed_confirmation(&this.secret, &route, &event_id) else { return };
+                let mut req = this.http.post(&url).body(body);
+                for (k, v) in headers {
+                    req = req.header(k, v);
+                }
+                match req.send().await {
+                    Ok(r) if r.status().is_success() || r.status().is_client_error() => return,
+                    _ => tokio::time::sleep(Duration::from_millis(100 << attempt)).await,
+                }
+            }
+            tracing::warn!(settlement_id = %route.settlement_id, "test_provider gave up confirming");
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,482 @@
+//! The one storage adapter: `aws-sdk-dynamodb`. Locally it talks to the embedded engine over
+//! loopback; in AWS to DynamoDB; in tests to an emulator via `AWS_ENDPOINT_URL`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, Delete, KeySchemaElement, KeyType, Put,
+    ScalarAttributeType, TimeToLiveSpecification, TransactWriteItem, Update,
+};
+use aws_sdk_dynamodb::Client;
+
+use super::{Cond, Item, Key, Store, Write};
+use crate::error::StoreError;
+
+/// Attributes with a fixed meaning; every other `S` is an attr and every other `N` a number.
+pub const TABLE_ATTRIBUTES: [&str; 6] = ["pk", "sk", "kind", "owner", "doc", "ttl"];
+
+#[derive(Clone)]
+pub struct DynamoStore {
+    client: Client,
+    table: Arc<str>,
+    requests: Arc<AtomicU64>,
+}
+
+impl DynamoStore {
+    pub fn new(client: Client, table: &str) -> Self {
+        DynamoStore { client, table: table.into(), requests: Arc::new(AtomicU64::new(0)) }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// Creates the table if missing (local runtime and tests; in AWS the SAM template owns it).
+    pub async fn ensure_table(&self) -> Result<(), StoreError> {
+        let exists = self.client.describe_table().table_name(&*self.table).send().await.is_ok();
+        if exists {
+            return Ok(());
+        }
+        let attr = |n: &str| AttributeDefinition::builder().attribute_name(n).attribute_type(ScalarAttributeType::S).build();
+        let key = |n: &str, t: KeyType| KeySchemaElement::builder().attribute_name(n).key_type(t).build();
+        let res = self
+            .client
+            .create_table()
+            .table_name(&*self.table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(attr("pk").map_err(build_err)?)
+            .attribute_definitions(attr("sk").map_err(build_err)?)
+            .key_schema(key("pk", KeyType::Hash).map_err(build_err)?)
+            .key_schema(key("sk", KeyType::Range).map_err(build_err)?)
+            .send()
+            .await;
+        if let Err(e) = res {
+            let msg = format!("{}", aws_sdk_dynamodb::error::DisplayErrorContext(&e));
+            if !msg.contains("ResourceInUse") && !msg.contains("already exists") {
+                return Err(StoreError::Unavailable(msg));
+            }
+        }
+        // TTL is best effort: emulators differ in support, and nothing depends on expiry for correctness.
+        if let Ok(spec) = TimeToLiveSpecification::builder().attribute_name("ttl").enabled(true).build() {
+            let _ = self.client.update_time_to_live().table_name(&*self.table).time_to_live_specification(spec).send().await;
+        }
+        Ok(())
+    }
+
+    fn count(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn build_err(e: aws_sdk_dynamodb::error::BuildError) -> StoreError {
+    StoreError::Unavailable(format!("request build: {e}"))
+}
+
+fn sdk_err<E, R>(e: SdkError<E, R>) -> StoreError
+where
+    E: std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let msg = format!("{}", aws_sdk_dynamodb::error::DisplayErrorContext(&e));
+    if msg.contains("ConditionalCheckFailed") {
+        StoreError::ConditionFailed
+    } else {
+        StoreError::Unavailable(msg)
+    }
+}
+
+fn key_map(key: &Key) -> HashMap<String, AttributeValue> {
+    HashMap::from([("pk".to_string(), AttributeValue::S(key.pk.clone())), ("sk".to_string(), AttributeValue::S(key.sk.clone()))])
+}
+
+impl From<&Item> for HashMap<String, AttributeValue> {
+    fn from(item: &Item) -> Self {
+        let mut m = key_map(&item.key);
+        m.insert("kind".into(), AttributeValue::S(item.kind.clone()));
+        m.insert("doc".into(), AttributeValue::S(item.doc.to_string()));
+        if let Some(o) = &item.owner {
+            m.insert("owner".into(), AttributeValue::S(o.clone()));
+        }
+        if let Some(t) = item.ttl {
+            m.insert("ttl".into(), AttributeValue::N(t.to_string()));
+        }
+        for (k, v) in &item.nums {
+            m.insert(k.clone(), AttributeValue::N(v.to_string()));
+        }
+        for (k, v) in &item.attrs {
+            m.insert(k.clone(), AttributeValue::S(v.clone()));
+        }
+        m
+    }
+}
+
+impl TryFrom<HashMap<String, AttributeValue>> for Item {
+    type Error = StoreError;
+
+    fn try_from(mut m: HashMap<String, AttributeValue>) -> Result<Self, Self::Error> {
+        let mut take_s = |name: &str| match m.remove(name) {
+            Some(AttributeValue::S(s)) => Ok(Some(s)),
+            None => Ok(None),
+            Some(_) => Err(name.to_string()),
+        };
+        let corrupt = |reason: String| StoreError::Corrupt { key: "?".into(), reason };
+        let pk = take_s("pk").map_err(|f| corrupt(format!("{f} is not S")))?.ok_or_else(|| corrupt("no pk".into()))?;
+        let sk = take_s("sk").map_err(|f| corrupt(format!("{f} is not S")))?.ok_or_else(|| corrupt("no sk".into()))?;
+        let key = Key::new(pk, sk);
+        let err = |reason: String| StoreError::Corrupt { key: key.to_string(), reason };
+        let kind = take_s("kind").map_err(|f| err(format!("{f} is not S")))?.unwrap_or_default();
+        let owner = take_s("owner").map_err(|f| err(format!("{f} is not S")))?;
+        let doc = match take_s("doc").map_err(|f| err(format!("{f} is not S")))? {
+            Some(text) => serde_json::from_str(&text).map_err(|e| err(format!("doc: {e}")))?,
+            None => serde_json::Value::Null,
+        };
+        let mut item = Item { key: key.clone(), kind, owner, doc, nums: BTreeMap::new(), attrs: BTreeMap::new(), ttl: None };
+        for (name, v) in m {
+            match v {
+                AttributeValue::N(n) => {
+                    let n: i64 = n.parse().map_err(|_| err(format!("{name} is not an integer")))?;
+                    if name == "ttl" {
+                        item.ttl = Some(n);
+                    } else {
+                        item.nums.insert(name, n);
+                    }
+                }
+                AttributeValue::S(s) => {
+                    item.attrs.insert(name, s);
+                }
+                _ => return Err(err(format!("{name} has an unexpected type"))),
+            }
+        }
+        Ok(item)
+    }
+}
+
+/// Expression builder: placeholders `#n<i>` / `:v<i>` so any attribute name is safe.
+#[derive(Default)]
+struct Expr {
+    names: HashMap<String, String>,
+    values: HashMap<String, AttributeValue>,
+}
+
+impl Expr {
+    fn name(&mut self, n: &str) -> String {
+        let p = format!("#n{}", self.names.len());
+        self.names.insert(p.clone(), n.to_string());
+        p
+    }
+    fn value(&mut self, v: AttributeValue) -> String {
+        let p = format!(":v{}", self.values.len());
+        self.values.insert(p.clone(), v);
+        p
+    }
+    fn conds(&mut self, conds: &[Cond]) -> Option<String> {
+        let parts: Vec<String> = conds
+            .iter()
+            .map(|c| match c {
+                Cond::Exists => {
+                    let n = self.name("pk");
+                    format!("attribute_exists({n})")
+                }
+                Cond::NotExists => {
+                    let n = self.name("pk");
+                    format!("attribute_not_exists({n})")
+                }
+                Cond::AttrEq(a, v) => {
+                    let (n, v) = (self.name(a), self.value(AttributeValue::S(v.clone())));
+                    format!("{n} = {v}")
+                }
+                Cond::NumEq(a, v) => {
+                    let (n, v) = (self.name(a), self.value(AttributeValue::N(v.to_string())));
+                    format!("{n} = {v}")
+                }
+                Cond::NumAtLeast(a, v) => {
+                    let (n, v) = (self.name(a), self.value(AttributeValue::N(v.to_string())));
+                    format!("{n} >= {v}")
+                }
+            })
+            .collect();
+        (!parts.is_empty()).then(|| parts.join(" AND "))
+    }
+    fn names(&self) -> Option<HashMap<String, String>> {
+        (!self.names.is_empty()).then(|| self.names.clone())
+    }
+    fn values(&self) -> Option<HashMap<String, AttributeValue>> {
+        (!self.values.is_empty()).then(|| self.values.clone())
+    }
+}
+
+/// `SET`/`ADD` clauses of an update.
+fn update_expr(e: &mut Expr, add: &[(String, i64)], set_attrs: &[(String, String)], set_doc: &Option<serde_json::Value>) -> String {
+    let mut sets: Vec<String> = set_attrs
+        .iter()
+        .map(|(a, v)| {
+            let (n, v) = (e.name(a), e.value(AttributeValue::S(v.clone())));
+            format!("{n} = {v}")
+        })
+        .collect();
+    if let Some(doc) = set_doc {
+        let (n, v) = (e.name("doc"), e.value(AttributeValue::S(doc.to_string())));
+        sets.push(format!("{n} = {v}"));
+    }
+    let adds: Vec<String> = add
+        .iter()
+        .map(|(a, d)| {
+            let (n, v) = (e.name(a), e.value(AttributeValue::N(d.to_string())));
+            format!("{n} {v}")
+        })
+        .collect();
+    let mut out = String::new();
+    if !sets.is_empty() {
+        out.push_str("SET ");
+        out.push_str(&sets.join(", "));
+    }
+    if !adds.is_empty() {
+        out.push_str(" ADD ");
+        out.push_str(&adds.join(", "));
+    }
+    out
+}
+
+impl DynamoStore {
+    fn transact_item(&self, w: &Write) -> Result<TransactWriteItem, StoreError> {
+        let mut e = Expr::default();
+        let b = TransactWriteItem::builder();
+        Ok(match w {
+            Write::Put { item, conds } => {
+                let c = e.conds(conds);
+                b.put(
+                    Put::builder()
+                        .table_name(&*self.table)
+                        .set_item(Some(item.into()))
+                        .set_condition_expression(c)
+                        .set_expression_attribute_names(e.names())
+                        .set_expression_attribute_values(e.values())
+                        .build()
+                        .map_err(build_err)?,
+                )
+                .build()
+            }
+            Write::Update { key, add, set_attrs, set_doc, conds } => {
+                let u = update_expr(&mut e, add, set_attrs, set_doc);
+                let c = e.conds(conds);
+                b.update(
+                    Update::builder()
+                        .table_name(&*self.table)
+                        .set_key(Some(key_map(key)))
+                        .update_expression(u)
+                        .set_condition_expression(c)
+                        .set_expression_attribute_names(e.names())
+                        .set_expression_attribute_values(e.values())
+                        .build()
+                        .map_err(build_err)?,
+                )
+                .build()
+            }
+            Write::Delete { key, conds } => {
+                let c = e.conds(conds);
+                b.delete(
+                    Delete::builder()
+                        .table_name(&*self.table)
+                        .set_key(Some(key_map(key)))
+                        .set_condition_expression(c)
+                        .set_expression_attribute_names(e.names())
+                        .set_expression_attribute_values(e.values())
+                        .build()
+                        .map_err(build_err)?,
+                )
+                .build()
+            }
+            Write::Check { key, conds } => {
+                let c = e.conds(conds).unwrap_or_else(|| {
+                    let n = e.name("pk");
+                    format!("attribute_exists({n})")
+                });
+                b.condition_check(
+                    ConditionCheck::builder()
+                        .table_name(&*self.table)
+                        .set_key(Some(key_map(key)))
+                        .condition_expression(c)
+                        .set_expression_attribute_names(e.names())
+                        .set_expression_attribute_values(e.values())
+                        .build()
+                        .map_err(build_err)?,
+                )
+                .build()
+            }
+        })
+    }
+
+    /// A single write goes out as its own request (cheaper than a one-item transaction).
+    async fn single(&self, w: Write) -> Result<(), StoreError> {
+        let mut e = Expr::default();
+        self.count();
+        match w {
+            Write::Put { item, conds } => {
+                let c = e.conds(&conds);
+                self.client
+                    .put_item()
+                    .table_name(&*self.table)
+                    .set_item(Some((&item).into()))
+                    .set_condition_expression(c)
+                    .set_expression_attribute_names(e.names())
+                    .set_expression_attribute_values(e.values())
+                    .send()
+                    .await
+                    .map_err(sdk_err)?;
+            }
+            Write::Update { key, add, set_attrs, set_doc, conds } => {
+                let u = update_expr(&mut e, &add, &set_attrs, &set_doc);
+                let c = e.conds(&conds);
+                self.client
+                    .update_item()
+                    .table_name(&*self.table)
+                    .set_key(Some(key_map(&key)))
+                    .update_expression(u)
+                    .set_condition_expression(c)
+                    .set_expression_attribute_names(e.names())
+                    .set_expression_attribute_values(e.values())
+                    .send()
+                    .await
+                    .map_err(sdk_err)?;
+            }
+            Write::Delete { key, conds } => {
+                let c = e.conds(&conds);
+                self.client
+                    .delete_item()
+                    .table_name(&*self.table)
+                    .set_key(Some(key_map(&key)))
+                    .set_condition_expression(c)
+                    .set_expression_attribute_names(e.names())
+                    .set_expression_attribute_values(e.values())
+                    .send()
+                    .await
+                    .map_err(sdk_err)?;
+            }
+            Write::Check { key, conds } => {
+                // A lone check is a read.
+                self.requests.fetch_sub(1, Ordering::Relaxed);
+                let item = self.get(&key).await?;
+                let ok = match item {
+                    None => conds.iter().all(|c| matches!(c, Cond::NotExists)),
+                    Some(i) => conds.iter().all(|c| match c {
+                        Cond::Exists => true,
+                        Cond::NotExists => false,
+                        Cond::AttrEq(a, v) => i.get_attr(a) == Some(v.as_str()),
+                        Cond::NumEq(a, v) => i.nums.get(a) == Some(v),
+                        Cond::NumAtLeast(a, v) => i.nums.get(a).is_some_and(|n| n >= v),
+                    }),
+                };
+                if !ok {
+                    return Err(StoreError::ConditionFailed);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Store for DynamoStore {
+    async fn get(&self, key: &Key) -> Result<Option<Item>, StoreError> {
+        self.count();
+        let out = self
+            .client
+            .get_item()
+            .table_name(&*self.table)
+            .set_key(Some(key_map(key)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk_err)?;
+        out.item.map(Item::try_from).transpose()
+    }
+
+    async fn query(&self, pk: &str, sk_prefix: &str, limit: Option<usize>) -> Result<Vec<Item>, StoreError> {
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            self.count();
+            let out = self
+                .client
+                .query()
+                .table_name(&*self.table)
+                .key_condition_expression("#pk = :pk AND begins_with(#sk, :sk)")
+                .expression_attribute_names("#pk", "pk")
+                .expression_attribute_names("#sk", "sk")
+                .expression_attribute_values(":pk", AttributeValue::S(pk.to_string()))
+                .expression_attribute_values(":sk", AttributeValue::S(sk_prefix.to_string()))
+                .consistent_read(true)
+                .set_limit(limit.map(|l| l.min(1000) as i32))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(sdk_err)?;
+            for m in out.items.unwrap_or_default() {
+                items.push(Item::try_from(m)?);
+            }
+            start = out.last_evaluated_key;
+            if start.is_none() || limit.is_some_and(|l| items.len() >= l) {
+                break;
+            }
+        }
+        if let Some(l) = limit {
+            items.truncate(l);
+        }
+        Ok(items)
+    }
+
+    async fn transact(&self, mut writes: Vec<Write>) -> Result<(), StoreError> {
+        match writes.len() {
+            0 => Ok(()),
+            1 => self.single(writes.remove(0)).await,
+            n if n > 100 => Err(StoreError::Unavailable(format!("transaction of {n} writes exceeds DynamoDB's 100"))),
+            _ => {
+                let items = writes.iter().map(|w| self.transact_item(w)).collect::<Result<Vec<_>, _>>()?;
+                // DynamoDB cancels a transaction that races another on the same item
+                // (TransactionConflict); that is not a failed condition, so try again briefly.
+                let mut backoff = std::time::Duration::from_millis(5);
+                for attempt in 0.. {
+                    self.count();
+                    let res = self.client.transact_write_items().set_transact_items(Some(items.clone())).send().await;
+                    let Err(e) = res else { return Ok(()) };
+                    let msg = format!("{}", aws_sdk_dynamodb::error::DisplayErrorContext(&e));
+                    let reasons: Vec<String> = match e.as_service_error() {
+                        Some(TransactWriteItemsError::TransactionCanceledException(tc)) => {
+                            tc.cancellation_reasons().iter().filter_map(|r| r.code().map(str::to_string)).collect()
+                        }
+                        _ => vec![],
+                    };
+                    if reasons.iter().any(|c| c == "ConditionalCheckFailed") || msg.contains("ConditionalCheckFailed") {
+                        return Err(StoreError::ConditionFailed);
+                    }
+                    let conflict = reasons.iter().any(|c| c == "TransactionConflict") || msg.contains("TransactionConflict") || msg.contains("TransactionInProgress");
+                    if !conflict || attempt >= 8 {
+                        return Err(StoreError::Unavailable(msg));
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_millis(200));
+                }
+                unreachable!("the retry loop returns")
+            }
+        }
+    }
+
+    fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+/// A client for an explicit endpoint with static credentials (embedded engine, emulators).
+pub fn local_client(endpoint: &str) -> Client {
+    use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+    let conf = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(Credentials::new("local", "local", None, None, "tokenops-local"))
+        .build();
+    Client::from_conf(conf)
+}

@@ -1,0 +1,47 @@
+//! State lives in one DynamoDB table (single-table design). Every access is by key, so the table
+//! needs **no GSI**: ids are opaque and carry their item's partition, and each listing the API
+//! offers (an agent's ledger, a run's queue, an entitlement's transfers) is one partition.
+//!
+//! | item | pk | sk | notes |
+//! |---|---|---|---|
+//! | agent (onboarding record + trust profile) | `AGENT#<agent_id>` | `AGENT` | `claim_hash`, `claimed` attrs |
+//! | access key | `KEY#<sha256(key)>` | `KEY` | owner = agent; the key itself is never stored |
+//! | loop object (quote, route, confirmation, result package, receipts, …) | `OBJ#<id>` | `OBJ` | owner, `run_id` attrs; `doc` = the object JSON |
+//! | credit entitlement | `OBJ#<cred_id>` | `OBJ` | numbers `funded`, `available`, `held`, `captured`, `released` |
+//! | transfer (double entry) | `XFER#<cred_id>` | `<transfer_id>` | created with `attribute_not_exists`: a movement happens once |
+//! | hold | `HOLD#<run_id>` | `HOLD` | `status` held → captured \| released (conditional: at most one) |
+//! | run (the full loop payload) | `RUN#<run_id>` | `RUN` | `state` attr, `version` number (optimistic lock) |
+//! | ledger head / entries | `LEDGER#<agent_id>` | `HEAD` / `E#<seq:020>` | head `seq`+`hash` advanced conditionally |
+//! | idempotency record | `IDEM#<agent or ip>#<key>` | `IDEM` | request hash + stored response; TTL |
+//! | queue message (local queue) | `QUEUE#<queue>` | `MSG#<ulid>` | `visible_at`, `receives` numbers, `receipt` attr |
+//! | execution (local orchestrator) | `EXEC` | `EXEC#<name>` | `status` attr; `doc` = the ASL execution state |
+//!
+//! Conditional: agent/object/transfer creation (`attribute_not_exists`), run updates (`version`),
+//! entitlement debits (`available >= amount`), hold settlement (`status = held`), ledger appends
+//! (`seq = expected`), credential claim (`claimed = false`). Transactional: every stage writes its
+//! object, the run update and any money movement in one `TransactWriteItems`, so a stage either
+//! happened or did not.
+
+mod dynamo;
+mod item;
+
+pub use dynamo::{local_client, DynamoStore, TABLE_ATTRIBUTES};
+pub use item::{Cond, Item, Key, Write};
+
+use crate::error::StoreError;
+
+/// The storage port: read by key, list a partition, write atomically.
+pub trait Store: Send + Sync + Clone + 'static {
+    fn get(&self, key: &Key) -> impl std::future::Future<Output = Result<Option<Item>, StoreError>> + Send;
+    /// Items of one partition whose sort key starts with `sk_prefix`, in sort-key order.
+    fn query(
+        &self,
+        pk: &str,
+        sk_prefix: &str,
+        limit: Option<usize>,
+    ) -> impl std::future::Future<Output = Result<Vec<Item>, StoreError>> + Send;
+    /// All writes happen or none does; any failed condition → [`StoreError::ConditionFailed`].
+    fn transact(&self, writes: Vec<Write>) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
+    /// Requests sent so far (the bench prints requests per run).
+    fn requests(&self) -> u64;
+}
