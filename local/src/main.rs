@@ -1,1 +1,164 @@
-fn main() {}
+//! `tokenops` — the local runtime and CLI.
+//!
+//! - `tokenops serve` — the HTTP API on 127.0.0.1 with the embedded default.
+//! - `tokenops reference-run` — the whole loop (and the evidence-gap path) on a fresh data dir.
+//! - `tokenops verify attestation|ledger` — offline verification.
+//! - `tokenops bench` — N loops at a concurrency; runs/s, p50/p99, DynamoDB requests per run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokenops_local::orchestrator::Faults;
+use tokenops_local::runtime::{Options, Runtime};
+use tokenops_local::{bench, reference, verify};
+
+#[derive(Parser)]
+#[command(name = "tokenops", version, about = "TokenOps: paid agent work, carried end to end, with proof objects")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the HTTP API on 127.0.0.1 (embedded DynamoDB, local queue and orchestrator).
+    Serve {
+        #[arg(long, default_value_t = 8787)]
+        port: u16,
+        #[arg(long, default_value = ".tokenops")]
+        data_dir: PathBuf,
+        /// Fault injection for the resume test: exit right after this ASL state's checkpoint.
+        #[arg(long, hide = true)]
+        crash_after_state: Option<String>,
+    },
+    /// Play an agent through all 14 stages (and the evidence-gap path) on a fresh data dir.
+    ReferenceRun {
+        /// Data dir (default: a new temporary directory).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Verify an attestation or a ledger export offline.
+    Verify {
+        #[command(subcommand)]
+        what: VerifyCmd,
+    },
+    /// Run N reference loops at a concurrency and print throughput, latency and request counts.
+    Bench {
+        #[arg(long, default_value_t = 100)]
+        runs: usize,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum VerifyCmd {
+    /// An attestation (from GET /attestations/{id}) against keys (from GET /keys).
+    Attestation { file: String, #[arg(long)] keys: String },
+    /// A ledger export (from GET /ledger).
+    Ledger { file: String },
+}
+
+fn init_logs(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOKENOPS_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn temp_dir(kind: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("tokenops-{kind}-{}", ulid::Ulid::new().to_string().to_ascii_lowercase()))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match Cli::parse().cmd {
+        Cmd::Serve { port, data_dir, crash_after_state } => {
+            init_logs("info,dynoxide=error");
+            let mut opts = Options::new(data_dir, port);
+            opts.faults = Faults { crash_after_state };
+            let rt = match Runtime::start(opts).await {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("tokenops serve: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            eprintln!("tokenops listening on {} (Ctrl-C to stop)", rt.base_url);
+            let _ = tokio::signal::ctrl_c().await;
+            rt.shutdown().await;
+            ExitCode::SUCCESS
+        }
+        Cmd::ReferenceRun { data_dir } => {
+            init_logs("warn,dynoxide=error");
+            let dir = data_dir.unwrap_or_else(|| temp_dir("reference"));
+            eprintln!("tokenops reference-run: data dir {}", dir.display());
+            let rt = match Runtime::start(Options::new(&dir, 0)).await {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("reference-run: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let outcome = reference::play(&rt.base_url).await;
+            rt.shutdown().await;
+            match outcome {
+                Ok(payload) => {
+                    println!("{}", serde_json::to_string_pretty(&payload).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("reference-run FAILED: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Verify { what } => {
+            let result = match what {
+                VerifyCmd::Attestation { file, keys } => verify::attestation(&file, &keys).map(|st| serde_json::json!({"valid": true, "subjects": st.subject, "predicateType": st.predicate_type})),
+                VerifyCmd::Ledger { file } => verify::ledger_export(&file).and_then(|r| {
+                    let v = serde_json::to_value(&r).unwrap_or_default();
+                    if r.valid {
+                        Ok(v)
+                    } else {
+                        Err(verify::VerifyError::Invalid(format!("ledger chain broken: {v}")))
+                    }
+                }),
+            };
+            match result {
+                Ok(v) => {
+                    println!("{v}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("verify: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Bench { runs, concurrency, data_dir } => {
+            init_logs("error,dynoxide=off");
+            let dir = data_dir.unwrap_or_else(|| temp_dir("bench"));
+            let rt = match Runtime::start(Options::new(&dir, 0)).await {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("bench: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let report = bench::run(&rt, runs, concurrency).await;
+            rt.shutdown().await;
+            match report {
+                Ok(r) => {
+                    println!("{}", r.to_json());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("bench failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

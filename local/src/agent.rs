@@ -1,0 +1,208 @@
+//! A scripted agent: the HTTP calls an agent makes through the loop, and a callback receiver that
+//! verifies the Standard Webhooks signature. Used by `reference-run`, `bench` and the tests.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::{json, Value};
+use tokenops::proof::webhook;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{method} {path} → {status}: {body}")]
+    Http { method: String, path: String, status: u16, body: String },
+    #[error("{0}")]
+    Transport(String),
+    #[error("timed out waiting for {0}")]
+    Timeout(String),
+}
+
+#[derive(Clone)]
+pub struct Agent {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub access_key: Option<String>,
+    pub agent_id: String,
+    pub callback_secret: String,
+    pub trust_profile_id: String,
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub body: Value,
+    pub content_type: String,
+}
+
+impl Agent {
+    pub fn anonymous(base: &str) -> Agent {
+        Agent { base: base.trim_end_matches('/').into(), http: reqwest::Client::new(), access_key: None, agent_id: String::new(), callback_secret: String::new(), trust_profile_id: String::new() }
+    }
+
+    /// Any request; returns status and JSON body whatever the status.
+    pub async fn call(&self, method: &str, path: &str, body: Option<&Value>, idem: Option<&str>) -> Result<Resp, AgentError> {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| AgentError::Transport(e.to_string()))?;
+        let mut req = self.http.request(m, format!("{}{path}", self.base));
+        if let Some(k) = &self.access_key {
+            req = req.bearer_auth(k);
+        }
+        if let Some(i) = idem {
+            req = req.header("idempotency-key", i);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b.to_string());
+        }
+        let r = req.send().await.map_err(|e| AgentError::Transport(e.to_string()))?;
+        let status = r.status().as_u16();
+        let content_type = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let text = r.text().await.map_err(|e| AgentError::Transport(e.to_string()))?;
+        Ok(Resp { status, body: serde_json::from_str(&text).unwrap_or(Value::String(text)), content_type })
+    }
+
+    /// A request that must succeed (2xx).
+    pub async fn ok(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, AgentError> {
+        let r = self.call(method, path, body, Some(&ulid::Ulid::new().to_string())).await?;
+        if !(200..300).contains(&r.status) {
+            return Err(AgentError::Http { method: method.into(), path: path.into(), status: r.status, body: r.body.to_string() });
+        }
+        Ok(r.body)
+    }
+
+    /// Stages 1–2: onboard and claim credentials.
+    pub async fn onboard(base: &str, name: &str, callback_url: &str) -> Result<Agent, AgentError> {
+        let mut a = Agent::anonymous(base);
+        let manifest = json!({"name": name, "owner_contact": "ops@agent.example.com", "requested_tools": ["tokenops"], "callback_url": callback_url, "description": "reference agent"});
+        let onboarded = a.ok("POST", "/agents", Some(&manifest)).await?;
+        a.agent_id = onboarded["agent_id"].as_str().unwrap_or_default().into();
+        a.trust_profile_id = onboarded["trust_profile_id"].as_str().unwrap_or_default().into();
+        let env = a.ok("POST", &format!("/agents/{}/credentials", a.agent_id), Some(&json!({"claim_token": onboarded["claim_token"]}))).await?;
+        a.access_key = env["access_key"].as_str().map(str::to_string);
+        a.callback_secret = env["callback_signing_secret"].as_str().unwrap_or_default().into();
+        Ok(a)
+    }
+
+    /// Stages 3–5: quote, provider route, and wait for the provider's confirmation to fund it.
+    pub async fn fund(&self, credits: i64) -> Result<(Value, Value, Value), AgentError> {
+        let quote = self.ok("POST", "/quotes", Some(&json!({"requested_tool": "tokenops", "requested_capability": "tokenops_result_package"}))).await?;
+        let route = self.ok("POST", "/settlements", Some(&json!({"quote_id": quote["quote_id"], "provider": "test_provider", "credits": credits}))).await?;
+        let ent_id = route["credit_entitlement_id"].as_str().unwrap_or_default().to_string();
+        let ent = self.wait(&format!("/credit-entitlements/{ent_id}"), Duration::from_secs(20), |e| e["status"] == "funded").await?;
+        Ok((quote, route, ent))
+    }
+
+    pub fn run_request(&self, quote: &Value, ent: &Value, evidence: Value, callback_url: &str) -> Value {
+        json!({
+            "trust_profile_id": self.trust_profile_id,
+            "quote_id": quote["quote_id"],
+            "credit_entitlement_id": ent["credit_entitlement_id"],
+            "requested_tool": "tokenops",
+            "requested_capability": "tokenops_result_package",
+            "evidence": evidence,
+            "callback_url": callback_url,
+        })
+    }
+
+    /// Polls `path` until `done` holds.
+    pub async fn wait(&self, path: &str, timeout: Duration, done: impl Fn(&Value) -> bool) -> Result<Value, AgentError> {
+        let start = Instant::now();
+        let mut delay = Duration::from_millis(10);
+        loop {
+            let r = self.call("GET", path, None, None).await?;
+            if r.status == 200 && done(&r.body) {
+                return Ok(r.body);
+            }
+            if start.elapsed() > timeout {
+                return Err(AgentError::Timeout(format!("{path} (last: {})", r.body)));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(100));
+        }
+    }
+}
+
+/// The evidence of a complete, consistent run (all six categories; the seed's names).
+pub fn full_evidence(ent_id: &str, settlement_id: &str) -> Value {
+    json!({
+        "records": [
+            {"category": "settlement_reference", "name": "tokenops-demo-settlement-reference.json", "data": {"settlement_reference": settlement_id, "provider": "test_provider", "invoice_token": "inv_demo_001"}},
+            {"category": "payment_request", "name": "payment-request.json", "data": {"provider": "test_provider", "settlement_reference": settlement_id, "payment_request_id": format!("payreq_{}", tokenops::ids::suffix(settlement_id))}},
+            {"category": "credit_ledger_entry", "name": "credit-ledger.json", "data": {"credit_entitlement_id": ent_id, "credits": 10}},
+            {"category": "work_order", "name": "work-order.json", "data": {"requested_tool": "tokenops", "requested_capability": "tokenops_result_package", "operating_goal": "review token settlement evidence"}},
+            {"category": "usage_receipt", "name": "tokenops-demo-usage-receipt.json", "data": {"credit_entitlement_id": ent_id, "receipt_id": "usage_demo_20260602_001", "credits_debited": 1}}
+        ],
+        "file_manifest": [
+            {"name": "settlement-export.csv", "media_type": "text/csv", "size": 2048, "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"},
+            {"name": "work-order.pdf", "media_type": "application/pdf", "size": 8192, "sha256": "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752"}
+        ]
+    })
+}
+
+/// The seed's partial case: payment request and usage receipt missing.
+pub fn partial_evidence(ent_id: &str, settlement_id: &str) -> Value {
+    let mut e = full_evidence(ent_id, settlement_id);
+    let records = e["records"].as_array_mut().map(std::mem::take).unwrap_or_default();
+    e["records"] = Value::Array(records.into_iter().filter(|r| r["category"] != "payment_request" && r["category"] != "usage_receipt").collect());
+    e
+}
+
+/// What the missing part of [`partial_evidence`] looks like when the agent supplies it.
+pub fn missing_evidence(ent_id: &str, settlement_id: &str) -> Value {
+    let full = full_evidence(ent_id, settlement_id);
+    let records: Vec<Value> = full["records"].as_array().into_iter().flatten().filter(|r| r["category"] == "payment_request" || r["category"] == "usage_receipt").cloned().collect();
+    json!({"evidence": {"records": records}})
+}
+
+/// A callback receiver on loopback that verifies every delivery's signature.
+#[derive(Clone, Default)]
+pub struct Receiver {
+    pub secrets: Arc<Mutex<Vec<String>>>,
+    pub verified: Arc<Mutex<Vec<Value>>>,
+    pub rejected: Arc<Mutex<u32>>,
+    /// Answer 503 to this many deliveries first (to exercise retries).
+    pub fail_first: Arc<Mutex<u32>>,
+}
+
+impl Receiver {
+    pub async fn start(&self) -> Result<String, AgentError> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| AgentError::Transport(e.to_string()))?;
+        let url = format!("http://{}/callbacks", listener.local_addr().map_err(|e| AgentError::Transport(e.to_string()))?);
+        let router = axum::Router::new().route("/callbacks", axum::routing::post(receive)).with_state(self.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        Ok(url)
+    }
+
+    pub fn add_secret(&self, s: &str) {
+        self.secrets.lock().unwrap_or_else(|p| p.into_inner()).push(s.to_string());
+    }
+
+    pub fn verified_for(&self, run_id: &str) -> Vec<Value> {
+        self.verified.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|v| v["run_id"] == run_id).cloned().collect()
+    }
+}
+
+async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    {
+        let mut f = r.fail_first.lock().unwrap_or_else(|p| p.into_inner());
+        if *f > 0 {
+            *f -= 1;
+            return StatusCode::SERVICE_UNAVAILABLE;
+        }
+    }
+    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let ts: i64 = h(webhook::HEADER_TIMESTAMP).parse().unwrap_or(0);
+    let now = tokenops::ids::now().unix_timestamp();
+    let secrets = r.secrets.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let ok = secrets.iter().any(|s| webhook::verify(s, &h(webhook::HEADER_ID), ts, &h(webhook::HEADER_SIGNATURE), &body, now, webhook::DEFAULT_TOLERANCE_SECS).is_ok());
+    if !ok {
+        *r.rejected.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        return StatusCode::UNAUTHORIZED;
+    }
+    if let Ok(v) = serde_json::from_slice::<Value>(&body) {
+        r.verified.lock().unwrap_or_else(|p| p.into_inner()).push(v);
+    }
+    StatusCode::NO_CONTENT
+}

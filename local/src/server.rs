@@ -1,0 +1,86 @@
+//! The local HTTP API: every request goes to the stage function that serves its route, exactly
+//! as API Gateway routes to the Lambda functions.
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{Request, State};
+use axum::response::Response;
+use tokenops::error::ApiError;
+use tokenops::http::{match_route, parse_query, ApiRequest, ApiResponse, MAX_BODY_BYTES};
+use tokenops::ports::HttpSender;
+use tokenops::provider::TestProvider;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::runtime::{LocalCtx, LocalQueue};
+
+#[derive(Clone)]
+pub struct App {
+    pub ctx: LocalCtx,
+    pub queue: LocalQueue,
+    pub sender: HttpSender,
+    pub provider: TestProvider,
+}
+
+/// Calls the stage function that owns the route.
+pub async fn dispatch(app: &App, req: ApiRequest) -> ApiResponse {
+    let stage = match match_route(&req.method, &req.path) {
+        Ok(Some((route, _))) => route.stage,
+        // Unknown paths and wrong methods: any function's edge answers with the right problem.
+        _ => "onboarding",
+    };
+    let ctx = &app.ctx;
+    match stage {
+        "onboarding" => onboarding::handle(ctx, req).await,
+        "trust" => trust::handle(ctx, req).await,
+        "quote" => quote::handle(ctx, req).await,
+        "provider_route" => provider_route::handle(ctx, &app.provider, req).await,
+        "credit_entitlement" => credit_entitlement::handle(ctx, req).await,
+        "run_contract" => run_contract::handle(ctx, &app.queue, req).await,
+        "queue" => queue::handle(ctx, &app.queue, req).await,
+        "tokenops_execution" => tokenops_execution::handle(ctx, req).await,
+        "result_contract" => result_contract::handle(ctx, req).await,
+        "usage_receipt" => usage_receipt::handle(ctx, req).await,
+        "callback" => callback::handle(ctx, &app.sender, req).await,
+        "ledger" => ledger::handle(ctx, req).await,
+        "attestation" => attestation::handle(ctx, req).await,
+        other => ApiResponse::problem(&ApiError::internal(format!("no function for stage {other}"))),
+    }
+}
+
+async fn handler(State(app): State<App>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let started = std::time::Instant::now();
+    let api = match to_bytes(body, MAX_BODY_BYTES + 1).await {
+        Ok(bytes) => {
+            let headers = parts.headers.iter().filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_ascii_lowercase(), v.to_string()))).collect();
+            let req = ApiRequest {
+                method: parts.method.as_str().to_string(),
+                path: parts.uri.path().to_string(),
+                query: parse_query(parts.uri.query().unwrap_or("")),
+                headers,
+                body: bytes.to_vec(),
+                ..Default::default()
+            };
+            dispatch(&app, req).await
+        }
+        Err(_) => ApiResponse::problem(&ApiError::too_large(MAX_BODY_BYTES)),
+    };
+    // Never log bodies, keys or query strings: the path and status are enough to trace a call.
+    tracing::info!(method = %parts.method, path = %parts.uri.path(), status = api.status, ms = started.elapsed().as_millis() as u64, "request");
+    let mut b = Response::builder().status(api.status);
+    for (k, v) in &api.headers {
+        b = b.header(k, v);
+    }
+    b.body(Body::from(api.body)).unwrap_or_else(|_| Response::new(Body::empty()))
+}
+
+pub fn spawn(listener: TcpListener, app: App, mut stop: watch::Receiver<bool>) {
+    let router = axum::Router::new().fallback(handler).with_state(app).layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES + 1));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+    });
+}
