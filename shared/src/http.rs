@@ -51,8 +51,10 @@ impl ApiRequest {
                 Err(match inner.classify() {
                     serde_json::error::Category::Data => {
                         // "unknown field `x`" / "missing field `y`" name a child of the path.
+                        // serde_path_to_error's path already ends at an unknown field; a missing
+                        // field is named only in the message, as a child of the path.
                         let field = match field_from_serde_message(&msg) {
-                            Some(f) if msg.starts_with("unknown field") || msg.starts_with("missing field") => {
+                            Some(f) if msg.starts_with("missing field") => {
                                 if path == "." { f } else { format!("{path}.{f}") }
                             }
                             _ if path == "." => "body".to_string(),
