@@ -13,7 +13,12 @@ use tokenops::proof::webhook;
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("{method} {path} → {status}: {body}")]
-    Http { method: String, path: String, status: u16, body: String },
+    Http {
+        method: String,
+        path: String,
+        status: u16,
+        body: String,
+    },
     #[error("{0}")]
     Transport(String),
     #[error("timed out waiting for {0}")]
@@ -38,12 +43,26 @@ pub struct Resp {
 
 impl Agent {
     pub fn anonymous(base: &str) -> Agent {
-        Agent { base: base.trim_end_matches('/').into(), http: reqwest::Client::new(), access_key: None, agent_id: String::new(), callback_secret: String::new(), trust_profile_id: String::new() }
+        Agent {
+            base: base.trim_end_matches('/').into(),
+            http: reqwest::Client::new(),
+            access_key: None,
+            agent_id: String::new(),
+            callback_secret: String::new(),
+            trust_profile_id: String::new(),
+        }
     }
 
     /// Any request; returns status and JSON body whatever the status.
-    pub async fn call(&self, method: &str, path: &str, body: Option<&Value>, idem: Option<&str>) -> Result<Resp, AgentError> {
-        let m = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| AgentError::Transport(e.to_string()))?;
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        idem: Option<&str>,
+    ) -> Result<Resp, AgentError> {
+        let m = reqwest::Method::from_bytes(method.as_bytes())
+            .map_err(|e| AgentError::Transport(e.to_string()))?;
         let mut req = self.http.request(m, format!("{}{path}", self.base));
         if let Some(k) = &self.access_key {
             req = req.bearer_auth(k);
@@ -52,20 +71,49 @@ impl Agent {
             req = req.header("idempotency-key", i);
         }
         if let Some(b) = body {
-            req = req.header("content-type", "application/json").body(b.to_string());
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
         }
-        let r = req.send().await.map_err(|e| AgentError::Transport(e.to_string()))?;
+        let r = req
+            .send()
+            .await
+            .map_err(|e| AgentError::Transport(e.to_string()))?;
         let status = r.status().as_u16();
-        let content_type = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-        let text = r.text().await.map_err(|e| AgentError::Transport(e.to_string()))?;
-        Ok(Resp { status, body: serde_json::from_str(&text).unwrap_or(Value::String(text)), content_type })
+        let content_type = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let text = r
+            .text()
+            .await
+            .map_err(|e| AgentError::Transport(e.to_string()))?;
+        Ok(Resp {
+            status,
+            body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            content_type,
+        })
     }
 
     /// A request that must succeed (2xx).
-    pub async fn ok(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, AgentError> {
-        let r = self.call(method, path, body, Some(&ulid::Ulid::new().to_string())).await?;
+    pub async fn ok(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, AgentError> {
+        let r = self
+            .call(method, path, body, Some(&ulid::Ulid::new().to_string()))
+            .await?;
         if !(200..300).contains(&r.status) {
-            return Err(AgentError::Http { method: method.into(), path: path.into(), status: r.status, body: r.body.to_string() });
+            return Err(AgentError::Http {
+                method: method.into(),
+                path: path.into(),
+                status: r.status,
+                body: r.body.to_string(),
+            });
         }
         Ok(r.body)
     }
@@ -76,10 +124,22 @@ impl Agent {
         let manifest = json!({"name": name, "owner_contact": "ops@agent.example.com", "requested_tools": ["tokenops"], "callback_url": callback_url, "description": "reference agent"});
         let onboarded = a.ok("POST", "/agents", Some(&manifest)).await?;
         a.agent_id = onboarded["agent_id"].as_str().unwrap_or_default().into();
-        a.trust_profile_id = onboarded["trust_profile_id"].as_str().unwrap_or_default().into();
-        let env = a.ok("POST", &format!("/agents/{}/credentials", a.agent_id), Some(&json!({"claim_token": onboarded["claim_token"]}))).await?;
+        a.trust_profile_id = onboarded["trust_profile_id"]
+            .as_str()
+            .unwrap_or_default()
+            .into();
+        let env = a
+            .ok(
+                "POST",
+                &format!("/agents/{}/credentials", a.agent_id),
+                Some(&json!({"claim_token": onboarded["claim_token"]})),
+            )
+            .await?;
         a.access_key = env["access_key"].as_str().map(str::to_string);
-        a.callback_secret = env["callback_signing_secret"].as_str().unwrap_or_default().into();
+        a.callback_secret = env["callback_signing_secret"]
+            .as_str()
+            .unwrap_or_default()
+            .into();
         Ok(a)
     }
 
@@ -87,12 +147,27 @@ impl Agent {
     pub async fn fund(&self, credits: i64) -> Result<(Value, Value, Value), AgentError> {
         let quote = self.ok("POST", "/quotes", Some(&json!({"requested_tool": "tokenops", "requested_capability": "tokenops_result_package"}))).await?;
         let route = self.ok("POST", "/settlements", Some(&json!({"quote_id": quote["quote_id"], "provider": "test_provider", "credits": credits}))).await?;
-        let ent_id = route["credit_entitlement_id"].as_str().unwrap_or_default().to_string();
-        let ent = self.wait(&format!("/credit-entitlements/{ent_id}"), Duration::from_secs(20), |e| e["status"] == "funded").await?;
+        let ent_id = route["credit_entitlement_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let ent = self
+            .wait(
+                &format!("/credit-entitlements/{ent_id}"),
+                Duration::from_secs(20),
+                |e| e["status"] == "funded",
+            )
+            .await?;
         Ok((quote, route, ent))
     }
 
-    pub fn run_request(&self, quote: &Value, ent: &Value, evidence: Value, callback_url: &str) -> Value {
+    pub fn run_request(
+        &self,
+        quote: &Value,
+        ent: &Value,
+        evidence: Value,
+        callback_url: &str,
+    ) -> Value {
         json!({
             "trust_profile_id": self.trust_profile_id,
             "quote_id": quote["quote_id"],
@@ -105,7 +180,12 @@ impl Agent {
     }
 
     /// Polls `path` until `done` holds.
-    pub async fn wait(&self, path: &str, timeout: Duration, done: impl Fn(&Value) -> bool) -> Result<Value, AgentError> {
+    pub async fn wait(
+        &self,
+        path: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Result<Value, AgentError> {
         let start = Instant::now();
         let mut delay = Duration::from_millis(10);
         loop {
@@ -142,15 +222,29 @@ pub fn full_evidence(ent_id: &str, settlement_id: &str) -> Value {
 /// The seed's partial case: payment request and usage receipt missing.
 pub fn partial_evidence(ent_id: &str, settlement_id: &str) -> Value {
     let mut e = full_evidence(ent_id, settlement_id);
-    let records = e["records"].as_array_mut().map(std::mem::take).unwrap_or_default();
-    e["records"] = Value::Array(records.into_iter().filter(|r| r["category"] != "payment_request" && r["category"] != "usage_receipt").collect());
+    let records = e["records"]
+        .as_array_mut()
+        .map(std::mem::take)
+        .unwrap_or_default();
+    e["records"] = Value::Array(
+        records
+            .into_iter()
+            .filter(|r| r["category"] != "payment_request" && r["category"] != "usage_receipt")
+            .collect(),
+    );
     e
 }
 
 /// What the missing part of [`partial_evidence`] looks like when the agent supplies it.
 pub fn missing_evidence(ent_id: &str, settlement_id: &str) -> Value {
     let full = full_evidence(ent_id, settlement_id);
-    let records: Vec<Value> = full["records"].as_array().into_iter().flatten().filter(|r| r["category"] == "payment_request" || r["category"] == "usage_receipt").cloned().collect();
+    let records: Vec<Value> = full["records"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["category"] == "payment_request" || r["category"] == "usage_receipt")
+        .cloned()
+        .collect();
     json!({"evidence": {"records": records}})
 }
 
@@ -166,9 +260,18 @@ pub struct Receiver {
 
 impl Receiver {
     pub async fn start(&self) -> Result<String, AgentError> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| AgentError::Transport(e.to_string()))?;
-        let url = format!("http://{}/callbacks", listener.local_addr().map_err(|e| AgentError::Transport(e.to_string()))?);
-        let router = axum::Router::new().route("/callbacks", axum::routing::post(receive)).with_state(self.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| AgentError::Transport(e.to_string()))?;
+        let url = format!(
+            "http://{}/callbacks",
+            listener
+                .local_addr()
+                .map_err(|e| AgentError::Transport(e.to_string()))?
+        );
+        let router = axum::Router::new()
+            .route("/callbacks", axum::routing::post(receive))
+            .with_state(self.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
         });
@@ -176,11 +279,20 @@ impl Receiver {
     }
 
     pub fn add_secret(&self, s: &str) {
-        self.secrets.lock().unwrap_or_else(|p| p.into_inner()).push(s.to_string());
+        self.secrets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(s.to_string());
     }
 
     pub fn verified_for(&self, run_id: &str) -> Vec<Value> {
-        self.verified.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|v| v["run_id"] == run_id).cloned().collect()
+        self.verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|v| v["run_id"] == run_id)
+            .cloned()
+            .collect()
     }
 }
 
@@ -192,11 +304,28 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
             return StatusCode::SERVICE_UNAVAILABLE;
         }
     }
-    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let h = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
     let ts: i64 = h(webhook::HEADER_TIMESTAMP).parse().unwrap_or(0);
     let now = tokenops::ids::now().unix_timestamp();
     let secrets = r.secrets.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let ok = secrets.iter().any(|s| webhook::verify(s, &h(webhook::HEADER_ID), ts, &h(webhook::HEADER_SIGNATURE), &body, now, webhook::DEFAULT_TOLERANCE_SECS).is_ok());
+    let ok = secrets.iter().any(|s| {
+        webhook::verify(
+            s,
+            &h(webhook::HEADER_ID),
+            ts,
+            &h(webhook::HEADER_SIGNATURE),
+            &body,
+            now,
+            webhook::DEFAULT_TOLERANCE_SECS,
+        )
+        .is_ok()
+    });
     if !ok {
         *r.rejected.lock().unwrap_or_else(|p| p.into_inner()) += 1;
         return StatusCode::UNAUTHORIZED;

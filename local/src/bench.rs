@@ -24,10 +24,15 @@ pub struct BenchReport {
 pub async fn run(rt: &Runtime, runs: usize, concurrency: usize) -> Result<BenchReport, String> {
     let receiver = Receiver::default();
     let cb = receiver.start().await.map_err(|e| e.to_string())?;
-    let agent = Agent::onboard(&rt.base_url, "bench-agent", &cb).await.map_err(|e| e.to_string())?;
+    let agent = Agent::onboard(&rt.base_url, "bench-agent", &cb)
+        .await
+        .map_err(|e| e.to_string())?;
     receiver.add_secret(&agent.callback_secret);
     let (quote, route, ent) = agent.fund(runs as i64).await.map_err(|e| e.to_string())?;
-    let evidence = full_evidence(ent["credit_entitlement_id"].as_str().unwrap_or(""), route["settlement_id"].as_str().unwrap_or(""));
+    let evidence = full_evidence(
+        ent["credit_entitlement_id"].as_str().unwrap_or(""),
+        route["settlement_id"].as_str().unwrap_or(""),
+    );
     let body = Arc::new(agent.run_request(&quote, &ent, evidence, &cb));
     let sem = Arc::new(Semaphore::new(concurrency.max(1)));
     let requests_before = tokenops::store::Store::requests(&rt.ctx.store);
@@ -38,10 +43,15 @@ pub async fn run(rt: &Runtime, runs: usize, concurrency: usize) -> Result<BenchR
         handles.push(tokio::spawn(async move {
             let _permit = sem.acquire().await.map_err(|e| e.to_string())?;
             let start = Instant::now();
-            let created = agent.ok("POST", "/runs", Some(&body)).await.map_err(|e| e.to_string())?;
+            let created = agent
+                .ok("POST", "/runs", Some(&body))
+                .await
+                .map_err(|e| e.to_string())?;
             let run_id = created["run_id"].as_str().unwrap_or_default().to_string();
             agent
-                .wait(&format!("/runs/{run_id}"), Duration::from_secs(300), |r| r["state"] == "callback_delivered" && r["attested"] == true)
+                .wait(&format!("/runs/{run_id}"), Duration::from_secs(300), |r| {
+                    r["state"] == "callback_delivered" && r["attested"] == true
+                })
                 .await
                 .map_err(|e| e.to_string())?;
             if (i + 1) % 10 == 0 {

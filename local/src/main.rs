@@ -14,7 +14,11 @@ use tokenops_local::runtime::{Options, Runtime};
 use tokenops_local::{bench, reference, verify};
 
 #[derive(Parser)]
-#[command(name = "tokenops", version, about = "TokenOps: paid agent work, carried end to end, with proof objects")]
+#[command(
+    name = "tokenops",
+    version,
+    about = "TokenOps: paid agent work, carried end to end, with proof objects"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -57,24 +61,40 @@ enum Cmd {
 #[derive(Subcommand)]
 enum VerifyCmd {
     /// An attestation (from GET /attestations/{id}) against keys (from GET /keys).
-    Attestation { file: String, #[arg(long)] keys: String },
+    Attestation {
+        file: String,
+        #[arg(long)]
+        keys: String,
+    },
     /// A ledger export (from GET /ledger).
     Ledger { file: String },
 }
 
 fn init_logs(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TOKENOPS_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOKENOPS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn temp_dir(kind: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("tokenops-{kind}-{}", ulid::Ulid::new().to_string().to_ascii_lowercase()))
+    std::env::temp_dir().join(format!(
+        "tokenops-{kind}-{}",
+        ulid::Ulid::new().to_string().to_ascii_lowercase()
+    ))
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     match Cli::parse().cmd {
-        Cmd::Serve { port, data_dir, crash_after_state } => {
+        Cmd::Serve {
+            port,
+            data_dir,
+            crash_after_state,
+        } => {
             init_logs("info,dynoxide=error");
             let mut opts = Options::new(data_dir, port);
             opts.faults = Faults { crash_after_state };
@@ -105,7 +125,10 @@ async fn main() -> ExitCode {
             rt.shutdown().await;
             match outcome {
                 Ok(payload) => {
-                    println!("{}", serde_json::to_string_pretty(&payload).unwrap_or_default());
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&payload).unwrap_or_default()
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -137,7 +160,11 @@ async fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Bench { runs, concurrency, data_dir } => {
+        Cmd::Bench {
+            runs,
+            concurrency,
+            data_dir,
+        } => {
             init_logs("error,dynoxide=off");
             let dir = data_dir.unwrap_or_else(|| temp_dir("bench"));
             let rt = match Runtime::start(Options::new(&dir, 0)).await {

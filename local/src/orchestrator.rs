@@ -13,21 +13,34 @@ use tokenops::ports::{HttpSender, Orchestrator, Started};
 use tokenops::store::{DynamoStore, Item, Key, Store, Write};
 use tokio::sync::mpsc;
 
-use crate::asl::{Definition, Engine, ExecutionState, ExecutionStatus, TaskDispatcher, TaskFailure};
+use crate::asl::{
+    Definition, Engine, ExecutionState, ExecutionStatus, TaskDispatcher, TaskFailure,
+};
 
 /// The state machine definition, compiled in so the binary runs from anywhere.
 pub const ASL: &str = include_str!("../../infra/statemachine.asl.json");
 
 /// `${XFunctionArn}` → `local:<stage>`: the same names SAM's DefinitionSubstitutions fill.
 pub fn local_substitutions() -> BTreeMap<String, String> {
-    ["tokenops_execution", "result_contract", "settlement_receipt", "usage_receipt", "callback", "ledger", "attestation"]
-        .iter()
-        .map(|s| (format!("{}FunctionArn", pascal(s)), format!("local:{s}")))
-        .collect()
+    [
+        "tokenops_execution",
+        "result_contract",
+        "settlement_receipt",
+        "usage_receipt",
+        "callback",
+        "ledger",
+        "attestation",
+    ]
+    .iter()
+    .map(|s| (format!("{}FunctionArn", pascal(s)), format!("local:{s}")))
+    .collect()
 }
 
 pub fn pascal(stage: &str) -> String {
-    stage.split('_').map(|w| w[..1].to_ascii_uppercase() + &w[1..]).collect()
+    stage
+        .split('_')
+        .map(|w| w[..1].to_ascii_uppercase() + &w[1..])
+        .collect()
 }
 
 /// Dispatches Task resources to the stage handlers linked into this process.
@@ -48,11 +61,22 @@ impl TaskDispatcher for LocalTasks {
             "callback" => callback::run_task(ctx, &self.sender, input).await,
             "ledger" => ledger::run_task(ctx, input).await,
             "attestation" => attestation::run_task(ctx, input).await,
-            other => return Err(TaskFailure { error: "States.TaskFailed".into(), cause: format!("no local function for resource {other}") }),
+            other => {
+                return Err(TaskFailure {
+                    error: "States.TaskFailed".into(),
+                    cause: format!("no local function for resource {other}"),
+                })
+            }
         };
         match out {
-            Ok(o) => serde_json::to_value(o).map_err(|e| TaskFailure { error: "Internal".into(), cause: e.to_string() }),
-            Err(e) => Err(TaskFailure { error: e.error_type().into(), cause: e.to_string() }),
+            Ok(o) => serde_json::to_value(o).map_err(|e| TaskFailure {
+                error: "Internal".into(),
+                cause: e.to_string(),
+            }),
+            Err(e) => Err(TaskFailure {
+                error: e.error_type().into(),
+                cause: e.to_string(),
+            }),
         }
     }
 }
@@ -80,7 +104,11 @@ impl Orchestrator for LocalOrchestrator {
     async fn start(&self, name: &str, input: Value) -> Result<Started, StoreError> {
         let def = definition();
         let st = ExecutionState::start(&def, name, input);
-        match self.store.transact(vec![Write::create(exec_item(&st)?)]).await {
+        match self
+            .store
+            .transact(vec![Write::create(exec_item(&st)?)])
+            .await
+        {
             Ok(()) => {
                 let _ = self.tx.send(name.to_string());
                 Ok(Started::New)
@@ -93,8 +121,13 @@ impl Orchestrator for LocalOrchestrator {
 
 fn definition() -> Arc<Definition> {
     static DEF: std::sync::OnceLock<Arc<Definition>> = std::sync::OnceLock::new();
-    DEF.get_or_init(|| Arc::new(Definition::parse(ASL, &local_substitutions()).expect("infra/statemachine.asl.json is validated by the test suite")))
-        .clone()
+    DEF.get_or_init(|| {
+        Arc::new(
+            Definition::parse(ASL, &local_substitutions())
+                .expect("infra/statemachine.asl.json is validated by the test suite"),
+        )
+    })
+    .clone()
 }
 
 /// Options for fault injection in the resume test: exit the process right after the checkpoint of
@@ -106,16 +139,28 @@ pub struct Faults {
 
 impl LocalOrchestrator {
     /// Starts the worker that runs executions, and resumes every execution left RUNNING.
-    pub async fn start_workers(ctx: Ctx<DynamoStore>, sender: HttpSender, engine: Engine, faults: Faults) -> Result<Self, StoreError> {
+    pub async fn start_workers(
+        ctx: Ctx<DynamoStore>,
+        sender: HttpSender,
+        engine: Engine,
+        faults: Faults,
+    ) -> Result<Self, StoreError> {
         let (tx, mut rx) = mpsc::unbounded_channel::<String>();
-        let orch = LocalOrchestrator { store: ctx.store.clone(), tx };
-        let tasks = LocalTasks { ctx: ctx.clone(), sender };
+        let orch = LocalOrchestrator {
+            store: ctx.store.clone(),
+            tx,
+        };
+        let tasks = LocalTasks {
+            ctx: ctx.clone(),
+            sender,
+        };
         let store = ctx.store.clone();
         let engine = Arc::new(engine);
         let faults = Arc::new(faults);
         tokio::spawn(async move {
             while let Some(name) = rx.recv().await {
-                let (store, tasks, engine, faults) = (store.clone(), tasks.clone(), engine.clone(), faults.clone());
+                let (store, tasks, engine, faults) =
+                    (store.clone(), tasks.clone(), engine.clone(), faults.clone());
                 tokio::spawn(async move {
                     if let Err(e) = run_execution(&store, &tasks, &engine, &faults, &name).await {
                         tracing::error!(execution = %name, error = %e, "execution stopped; it resumes on restart");
@@ -135,20 +180,42 @@ impl LocalOrchestrator {
 
     /// The persisted state of an execution (history included), for tests and `GET`-style inspection.
     pub async fn execution(&self, name: &str) -> Result<Option<ExecutionState>, StoreError> {
-        self.store.get(&exec_key(name)).await?.map(|i| i.decode()).transpose()
+        self.store
+            .get(&exec_key(name))
+            .await?
+            .map(|i| i.decode())
+            .transpose()
     }
 }
 
-async fn run_execution(store: &DynamoStore, tasks: &LocalTasks, engine: &Engine, faults: &Faults, name: &str) -> Result<(), String> {
+async fn run_execution(
+    store: &DynamoStore,
+    tasks: &LocalTasks,
+    engine: &Engine,
+    faults: &Faults,
+    name: &str,
+) -> Result<(), String> {
     let def = definition();
-    let mut st: ExecutionState = store.get(&exec_key(name)).await.map_err(|e| e.to_string())?.ok_or("execution vanished")?.decode().map_err(|e| e.to_string())?;
+    let mut st: ExecutionState = store
+        .get(&exec_key(name))
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("execution vanished")?
+        .decode()
+        .map_err(|e| e.to_string())?;
     while matches!(st.status, ExecutionStatus::Running) {
         let state_name = st.current.clone().unwrap_or_default();
-        engine.step(&def, &mut st, tasks).await.map_err(|e| e.to_string())?;
+        engine
+            .step(&def, &mut st, tasks)
+            .await
+            .map_err(|e| e.to_string())?;
         // Checkpoint with retries: losing it only means re-running an idempotent state.
         let mut delay = std::time::Duration::from_millis(20);
         loop {
-            match store.transact(vec![Write::put(exec_item(&st).map_err(|e| e.to_string())?)]).await {
+            match store
+                .transact(vec![Write::put(exec_item(&st).map_err(|e| e.to_string())?)])
+                .await
+            {
                 Ok(()) => break,
                 Err(e) if delay < std::time::Duration::from_secs(5) => {
                     tracing::warn!(execution = %name, error = %e, "checkpoint failed; retrying");
@@ -164,7 +231,9 @@ async fn run_execution(store: &DynamoStore, tasks: &LocalTasks, engine: &Engine,
         }
     }
     match &st.status {
-        ExecutionStatus::Failed { error, cause } => tracing::error!(execution = %name, error, cause, "execution failed"),
+        ExecutionStatus::Failed { error, cause } => {
+            tracing::error!(execution = %name, error, cause, "execution failed")
+        }
         _ => tracing::info!(execution = %name, "execution finished"),
     }
     Ok(())

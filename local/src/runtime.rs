@@ -26,11 +26,17 @@ pub const QUEUE: &str = "runs";
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("data dir {path}: {source}")]
-    DataDir { path: PathBuf, source: std::io::Error },
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("embedded DynamoDB engine: {0}")]
     Engine(String),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: String, source: std::io::Error },
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("store: {0}")]
     Store(#[from] tokenops::error::StoreError),
 }
@@ -52,7 +58,10 @@ impl Options {
             data_dir: data_dir.into(),
             port,
             faults: Faults::default(),
-            callback_retry: RetryPolicy { attempts: 4, base_delay_ms: 200 },
+            callback_retry: RetryPolicy {
+                attempts: 4,
+                base_delay_ms: 200,
+            },
             queue_visibility_secs: 10,
             queue_max_receives: 5,
         }
@@ -76,14 +85,29 @@ pub struct Runtime {
 impl Runtime {
     pub async fn start(opts: Options) -> Result<Runtime, RuntimeError> {
         let dir = &opts.data_dir;
-        std::fs::create_dir_all(dir).map_err(|source| RuntimeError::DataDir { path: dir.clone(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| RuntimeError::DataDir {
+            path: dir.clone(),
+            source,
+        })?;
         let (stop, stop_rx) = watch::channel(false);
 
         // Embedded DynamoDB: SQLite file in the data dir, DynamoDB API on a loopback port.
         let db_path = dir.join("tokenops.db");
-        let db = dynoxide::Database::new(&db_path.to_string_lossy()).map_err(|e| RuntimeError::Engine(e.to_string()))?;
-        let ddb_listener = TcpListener::bind("127.0.0.1:0").await.map_err(|source| RuntimeError::Listen { addr: "127.0.0.1:0".into(), source })?;
-        let ddb_addr = ddb_listener.local_addr().map_err(|source| RuntimeError::Listen { addr: "dynamodb".into(), source })?;
+        let db = dynoxide::Database::new(&db_path.to_string_lossy())
+            .map_err(|e| RuntimeError::Engine(e.to_string()))?;
+        let ddb_listener =
+            TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(|source| RuntimeError::Listen {
+                    addr: "127.0.0.1:0".into(),
+                    source,
+                })?;
+        let ddb_addr = ddb_listener
+            .local_addr()
+            .map_err(|source| RuntimeError::Listen {
+                addr: "dynamodb".into(),
+                source,
+            })?;
         let mut rx = stop_rx.clone();
         tokio::spawn(async move {
             let _ = dynoxide::server::serve_with_shutdown(ddb_listener, db, async move {
@@ -96,8 +120,19 @@ impl Runtime {
         store.ensure_table().await?;
 
         let api_addr = format!("127.0.0.1:{}", opts.port);
-        let api_listener = TcpListener::bind(&api_addr).await.map_err(|source| RuntimeError::Listen { addr: api_addr.clone(), source })?;
-        let addr = api_listener.local_addr().map_err(|source| RuntimeError::Listen { addr: api_addr, source })?;
+        let api_listener =
+            TcpListener::bind(&api_addr)
+                .await
+                .map_err(|source| RuntimeError::Listen {
+                    addr: api_addr.clone(),
+                    source,
+                })?;
+        let addr = api_listener
+            .local_addr()
+            .map_err(|source| RuntimeError::Listen {
+                addr: api_addr,
+                source,
+            })?;
         let base_url = format!("http://{addr}");
 
         let provider_secret = secret_file(&dir.join("test_provider.secret"), || {
@@ -110,27 +145,61 @@ impl Runtime {
             rand::thread_rng().fill_bytes(&mut raw);
             raw.to_vec()
         })?;
-        let seed: [u8; 32] = seed.try_into().map_err(|_| RuntimeError::DataDir { path: dir.join("attestation.key"), source: std::io::Error::other("must hold 32 bytes") })?;
+        let seed: [u8; 32] = seed.try_into().map_err(|_| RuntimeError::DataDir {
+            path: dir.join("attestation.key"),
+            source: std::io::Error::other("must hold 32 bytes"),
+        })?;
         let provider_secret = String::from_utf8_lossy(&provider_secret).trim().to_string();
         let config = Config {
             public_base_url: base_url.clone(),
             allow_loopback_callbacks: true,
             quote_ttl_secs: 900,
-            provider_secrets: BTreeMap::from([(TEST_PROVIDER.to_string(), provider_secret.clone())]),
+            provider_secrets: BTreeMap::from([(
+                TEST_PROVIDER.to_string(),
+                provider_secret.clone(),
+            )]),
             attestation_key: AttestationKey::from_seed(seed),
             callback_retry: opts.callback_retry.clone(),
             idempotency_ttl_secs: 86_400,
         };
         let ctx = Ctx::new(store.clone(), config);
         let sender = HttpSender::new(Duration::from_secs(10));
-        let queue = StoreQueue::new(store.clone(), QUEUE, opts.queue_visibility_secs, opts.queue_max_receives);
-        let orchestrator = LocalOrchestrator::start_workers(ctx.clone(), sender.clone(), Engine::default(), opts.faults.clone()).await?;
+        let queue = StoreQueue::new(
+            store.clone(),
+            QUEUE,
+            opts.queue_visibility_secs,
+            opts.queue_max_receives,
+        );
+        let orchestrator = LocalOrchestrator::start_workers(
+            ctx.clone(),
+            sender.clone(),
+            Engine::default(),
+            opts.faults.clone(),
+        )
+        .await?;
         let provider = TestProvider::new(&base_url, &provider_secret, Duration::from_millis(20));
 
-        crate::server::spawn(api_listener, crate::server::App { ctx: ctx.clone(), queue: queue.clone(), sender, provider }, stop_rx.clone());
+        crate::server::spawn(
+            api_listener,
+            crate::server::App {
+                ctx: ctx.clone(),
+                queue: queue.clone(),
+                sender,
+                provider,
+            },
+            stop_rx.clone(),
+        );
         spawn_queue_consumer(ctx.clone(), queue.clone(), orchestrator.clone(), stop_rx);
         tracing::info!(%base_url, data_dir = %dir.display(), "tokenops local runtime ready");
-        Ok(Runtime { ctx, queue, orchestrator, addr, base_url, dynamodb_endpoint, stop })
+        Ok(Runtime {
+            ctx,
+            queue,
+            orchestrator,
+            addr,
+            base_url,
+            dynamodb_endpoint,
+            stop,
+        })
     }
 
     pub async fn shutdown(self) {
@@ -140,7 +209,12 @@ impl Runtime {
 }
 
 /// Polls the queue (long-poll style) and hands batches to the queue stage.
-fn spawn_queue_consumer(ctx: LocalCtx, queue: LocalQueue, orch: LocalOrchestrator, mut stop: watch::Receiver<bool>) {
+fn spawn_queue_consumer(
+    ctx: LocalCtx,
+    queue: LocalQueue,
+    orch: LocalOrchestrator,
+    mut stop: watch::Receiver<bool>,
+) {
     use tokenops::ports::RunQueue;
     tokio::spawn(async move {
         loop {
@@ -165,7 +239,10 @@ fn spawn_queue_consumer(ctx: LocalCtx, queue: LocalQueue, orch: LocalOrchestrato
 
 /// Reads a secret file, creating it (mode 0600) on first start so restarts keep the same keys.
 fn secret_file(path: &Path, make: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>, RuntimeError> {
-    let err = |source| RuntimeError::DataDir { path: path.to_path_buf(), source };
+    let err = |source| RuntimeError::DataDir {
+        path: path.to_path_buf(),
+        source,
+    };
     if path.exists() {
         return std::fs::read(path).map_err(err);
     }

@@ -43,7 +43,9 @@ pub async fn dispatch(app: &App, req: ApiRequest) -> ApiResponse {
         "callback" => callback::handle(ctx, &app.sender, req).await,
         "ledger" => ledger::handle(ctx, req).await,
         "attestation" => attestation::handle(ctx, req).await,
-        other => ApiResponse::problem(&ApiError::internal(format!("no function for stage {other}"))),
+        other => ApiResponse::problem(&ApiError::internal(format!(
+            "no function for stage {other}"
+        ))),
     }
 }
 
@@ -52,7 +54,15 @@ async fn handler(State(app): State<App>, req: Request) -> Response {
     let started = std::time::Instant::now();
     let api = match to_bytes(body, MAX_BODY_BYTES + 1).await {
         Ok(bytes) => {
-            let headers = parts.headers.iter().filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_ascii_lowercase(), v.to_string()))).collect();
+            let headers = parts
+                .headers
+                .iter()
+                .filter_map(|(k, v)| {
+                    v.to_str()
+                        .ok()
+                        .map(|v| (k.as_str().to_ascii_lowercase(), v.to_string()))
+                })
+                .collect();
             let req = ApiRequest {
                 method: parts.method.as_str().to_string(),
                 path: parts.uri.path().to_string(),
@@ -71,11 +81,15 @@ async fn handler(State(app): State<App>, req: Request) -> Response {
     for (k, v) in &api.headers {
         b = b.header(k, v);
     }
-    b.body(Body::from(api.body)).unwrap_or_else(|_| Response::new(Body::empty()))
+    b.body(Body::from(api.body))
+        .unwrap_or_else(|_| Response::new(Body::empty()))
 }
 
 pub fn spawn(listener: TcpListener, app: App, mut stop: watch::Receiver<bool>) {
-    let router = axum::Router::new().fallback(handler).with_state(app).layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES + 1));
+    let router = axum::Router::new()
+        .fallback(handler)
+        .with_state(app)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES + 1));
     tokio::spawn(async move {
         let _ = axum::serve(listener, router)
             .with_graceful_shutdown(async move {

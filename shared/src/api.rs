@@ -20,7 +20,9 @@ pub struct Caller {
 
 impl Caller {
     pub fn agent(&self) -> Result<&str, ApiError> {
-        self.agent_id.as_deref().ok_or_else(|| ApiError::unauthorized("an access key is required"))
+        self.agent_id
+            .as_deref()
+            .ok_or_else(|| ApiError::unauthorized("an access key is required"))
     }
 }
 
@@ -34,10 +36,21 @@ pub fn access_key_item_key(access_key: &str) -> Key {
 
 /// `Authorization: Bearer <access key>` → the agent; keys are looked up by hash only.
 pub async fn authenticate<S: Store>(store: &S, req: &ApiRequest) -> Result<Caller, ApiError> {
-    let raw = req.header("authorization").ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <access key>"))?;
-    let key = raw.strip_prefix("Bearer ").map(str::trim).filter(|k| !k.is_empty() && k.len() <= 200).ok_or_else(|| ApiError::unauthorized("Authorization must be 'Bearer <access key>'"))?;
-    let item = store.get(&access_key_item_key(key)).await?.ok_or_else(|| ApiError::unauthorized("unknown access key"))?;
-    Ok(Caller { agent_id: item.owner })
+    let raw = req
+        .header("authorization")
+        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <access key>"))?;
+    let key = raw
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= 200)
+        .ok_or_else(|| ApiError::unauthorized("Authorization must be 'Bearer <access key>'"))?;
+    let item = store
+        .get(&access_key_item_key(key))
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("unknown access key"))?;
+    Ok(Caller {
+        agent_id: item.owner,
+    })
 }
 
 /// An `Idempotency-Key` in force for this request.
@@ -52,17 +65,32 @@ pub struct Idem {
 /// single-use by construction instead (a second claim is refused).
 const NOT_REPLAYED: &[&str] = &["claim_credentials"];
 
-async fn idempotency_start<S: Store>(ctx: &Ctx<S>, req: &ApiRequest, caller: &Caller) -> Result<Result<Option<Idem>, ApiResponse>, ApiError> {
-    let Some(k) = req.header("idempotency-key") else { return Ok(Ok(None)) };
+async fn idempotency_start<S: Store>(
+    ctx: &Ctx<S>,
+    req: &ApiRequest,
+    caller: &Caller,
+) -> Result<Result<Option<Idem>, ApiResponse>, ApiError> {
+    let Some(k) = req.header("idempotency-key") else {
+        return Ok(Ok(None));
+    };
     if req.method != "POST" || NOT_REPLAYED.contains(&req.operation) {
         return Ok(Ok(None));
     }
     if k.is_empty() || k.len() > 255 || !k.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ApiError::bad_request("Idempotency-Key", "must be 1–255 printable ASCII characters"));
+        return Err(ApiError::bad_request(
+            "Idempotency-Key",
+            "must be 1–255 printable ASCII characters",
+        ));
     }
     let scope = caller.agent_id.clone().unwrap_or_else(|| "public".into());
     let mut h = Sha256::new();
-    for part in [req.method.as_bytes(), b" ", req.path.as_bytes(), b"\n", &req.body] {
+    for part in [
+        req.method.as_bytes(),
+        b" ",
+        req.path.as_bytes(),
+        b"\n",
+        &req.body,
+    ] {
         h.update(part);
     }
     let idem = Idem {
@@ -78,7 +106,9 @@ async fn idempotency_start<S: Store>(ctx: &Ctx<S>, req: &ApiRequest, caller: &Ca
 
 /// The stored response for this key, or 422 if the key was used with another request.
 async fn replay<S: Store>(store: &S, idem: &Idem) -> Result<Option<ApiResponse>, ApiError> {
-    let Some(item) = store.get(&idem.key).await? else { return Ok(None) };
+    let Some(item) = store.get(&idem.key).await? else {
+        return Ok(None);
+    };
     if item.get_attr("request_hash") != Some(idem.request_hash.as_str()) {
         return Err(ApiError::new(
             422,
@@ -89,9 +119,23 @@ async fn replay<S: Store>(store: &S, idem: &Idem) -> Result<Option<ApiResponse>,
         ));
     }
     let status = item.get_num("status") as u16;
-    let body = item.doc.get("body").map(|b| b.to_string().into_bytes()).unwrap_or_default();
-    let ct = item.get_attr("content_type").unwrap_or("application/json").to_string();
-    Ok(Some(ApiResponse { status, headers: vec![("content-type".into(), ct), ("idempotent-replayed".into(), "true".into())], body }))
+    let body = item
+        .doc
+        .get("body")
+        .map(|b| b.to_string().into_bytes())
+        .unwrap_or_default();
+    let ct = item
+        .get_attr("content_type")
+        .unwrap_or("application/json")
+        .to_string();
+    Ok(Some(ApiResponse {
+        status,
+        headers: vec![
+            ("content-type".into(), ct),
+            ("idempotent-replayed".into(), "true".into()),
+        ],
+        body,
+    }))
 }
 
 /// A handler's writes plus the response to return. [`commit`] stores the response with the
@@ -103,20 +147,39 @@ pub struct Commit {
 
 impl Commit {
     pub fn new<T: Serialize>(status: u16, body: &T, writes: Vec<Write>) -> Self {
-        Commit { writes, response: ApiResponse::json(status, body) }
+        Commit {
+            writes,
+            response: ApiResponse::json(status, body),
+        }
     }
 }
 
 /// Writes atomically; on a failed condition, returns the winner's response if an identical
 /// request committed first, else hands the condition failure to the caller to explain.
-pub async fn commit<S: Store>(store: &S, idem: Option<&Idem>, c: Commit) -> Result<ApiResponse, StoreError> {
+pub async fn commit<S: Store>(
+    store: &S,
+    idem: Option<&Idem>,
+    c: Commit,
+) -> Result<ApiResponse, StoreError> {
     let mut writes = c.writes;
     if let Some(i) = idem {
-        let body: serde_json::Value = serde_json::from_slice(&c.response.body).unwrap_or(serde_json::Value::Null);
-        let mut item = Item::new(i.key.clone(), "idempotency", None, serde_json::json!({ "body": body }))
-            .attr("request_hash", i.request_hash.clone())
-            .attr("content_type", c.response.header("content-type").unwrap_or("application/json").to_string())
-            .num("status", c.response.status as i64);
+        let body: serde_json::Value =
+            serde_json::from_slice(&c.response.body).unwrap_or(serde_json::Value::Null);
+        let mut item = Item::new(
+            i.key.clone(),
+            "idempotency",
+            None,
+            serde_json::json!({ "body": body }),
+        )
+        .attr("request_hash", i.request_hash.clone())
+        .attr(
+            "content_type",
+            c.response
+                .header("content-type")
+                .unwrap_or("application/json")
+                .to_string(),
+        )
+        .num("status", c.response.status as i64);
         item.ttl = Some(i.ttl);
         writes.push(Write::create(item));
     }
@@ -151,10 +214,22 @@ where
         if req.body.len() > crate::http::MAX_BODY_BYTES {
             return Err(ApiError::too_large(crate::http::MAX_BODY_BYTES));
         }
-        let (route, params) = match_route(&req.method, &req.path)?.ok_or_else(|| ApiError::new(404, "no-such-route", "Not found", format!("no route {} {}", req.method, req.path), Some("path")))?;
+        let (route, params) = match_route(&req.method, &req.path)?.ok_or_else(|| {
+            ApiError::new(
+                404,
+                "no-such-route",
+                "Not found",
+                format!("no route {} {}", req.method, req.path),
+                Some("path"),
+            )
+        })?;
         req.params = params;
         req.operation = route.operation;
-        let caller = if route.auth { authenticate(&ctx.store, &req).await? } else { Caller { agent_id: None } };
+        let caller = if route.auth {
+            authenticate(&ctx.store, &req).await?
+        } else {
+            Caller { agent_id: None }
+        };
         let idem = match idempotency_start(ctx, &req, &caller).await? {
             Ok(i) => i,
             Err(replayed) => return Ok(replayed),
@@ -169,7 +244,12 @@ where
 }
 
 /// Reads an object by id if `agent` owns it; anyone else's id is 404, as if it did not exist.
-pub async fn owned_object<S: Store>(store: &S, id: &str, agent: &str, field: &str) -> Result<Item, ApiError> {
+pub async fn owned_object<S: Store>(
+    store: &S,
+    id: &str,
+    agent: &str,
+    field: &str,
+) -> Result<Item, ApiError> {
     match store.get(&Key::object(id)).await? {
         Some(item) if item.owner.as_deref() == Some(agent) => Ok(item),
         _ => Err(ApiError::not_found(field, id)),
@@ -185,29 +265,54 @@ pub struct RunRecord {
 
 pub async fn load_run<S: Store>(store: &S, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
     Ok(match store.get(&Key::run(run_id)).await? {
-        Some(item) => Some(RunRecord { payload: item.decode()?, version: item.get_num("version"), item }),
+        Some(item) => Some(RunRecord {
+            payload: item.decode()?,
+            version: item.get_num("version"),
+            item,
+        }),
         None => None,
     })
 }
 
 impl RunRecord {
     pub fn new_item(payload: &FullLoopPayload) -> Result<Item, StoreError> {
-        Ok(Item::of(Key::run(&payload.run_id), "run", Some(&payload.agent_id), payload)?.attr("state", payload.state.as_str()).num("version", 1))
+        Ok(Item::of(
+            Key::run(&payload.run_id),
+            "run",
+            Some(&payload.agent_id),
+            payload,
+        )?
+        .attr("state", payload.state.as_str())
+        .num("version", 1))
     }
 
     /// The write that stores `payload` as the next version, if nobody else wrote in between.
     pub fn save(&self, mut payload: FullLoopPayload) -> Result<Write, StoreError> {
         payload.refresh_next_action();
         payload.updated_at = crate::ids::now_rfc3339();
-        let item = Item::of(Key::run(&payload.run_id), "run", Some(&payload.agent_id), &payload)?
-            .attr("state", payload.state.as_str())
-            .num("version", self.version + 1);
-        Ok(Write::put_if(item, vec![Cond::NumEq("version".into(), self.version)]))
+        let item = Item::of(
+            Key::run(&payload.run_id),
+            "run",
+            Some(&payload.agent_id),
+            &payload,
+        )?
+        .attr("state", payload.state.as_str())
+        .num("version", self.version + 1);
+        Ok(Write::put_if(
+            item,
+            vec![Cond::NumEq("version".into(), self.version)],
+        ))
     }
 }
 
 /// Creates a loop object item.
-pub fn object_item<T: Serialize>(id: &str, kind: &str, owner: &str, run_id: Option<&str>, value: &T) -> Result<Item, StoreError> {
+pub fn object_item<T: Serialize>(
+    id: &str,
+    kind: &str,
+    owner: &str,
+    run_id: Option<&str>,
+    value: &T,
+) -> Result<Item, StoreError> {
     let mut item = Item::of(Key::object(id), kind, Some(owner), value)?;
     if let Some(r) = run_id {
         item = item.attr("run_id", r);

@@ -40,6 +40,9 @@ pub struct Ctx<S> {
 
 impl<S> Ctx<S> {
     pub fn new(store: S, config: Config) -> Self {
-        Ctx { store, config: Arc::new(config) }
+        Ctx {
+            store,
+            config: Arc::new(config),
+        }
     }
 }

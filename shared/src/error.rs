@@ -40,7 +40,13 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: u16, kind: &'static str, title: &str, detail: impl Into<String>, field: Option<&str>) -> Self {
+    pub fn new(
+        status: u16,
+        kind: &'static str,
+        title: &str,
+        detail: impl Into<String>,
+        field: Option<&str>,
+    ) -> Self {
         ApiError {
             status,
             kind,
@@ -52,27 +58,61 @@ impl ApiError {
         }
     }
     pub fn bad_request(field: &str, detail: impl Into<String>) -> Self {
-        Self::new(400, "malformed-request", "Malformed request", detail, Some(field))
+        Self::new(
+            400,
+            "malformed-request",
+            "Malformed request",
+            detail,
+            Some(field),
+        )
     }
     pub fn invalid(field: &str, detail: impl Into<String>) -> Self {
         Self::new(422, "invalid-field", "Invalid field", detail, Some(field))
     }
     pub fn not_found(field: &str, id: &str) -> Self {
         // The id is echoed only if it is short and printable, so a probe can't reflect junk back.
-        let shown: String = id.chars().filter(|c| c.is_ascii_graphic()).take(80).collect();
-        Self::new(404, "not-found", "Not found", format!("no {field} '{shown}' is visible to this agent"), Some(field))
+        let shown: String = id
+            .chars()
+            .filter(|c| c.is_ascii_graphic())
+            .take(80)
+            .collect();
+        Self::new(
+            404,
+            "not-found",
+            "Not found",
+            format!("no {field} '{shown}' is visible to this agent"),
+            Some(field),
+        )
     }
     pub fn unauthorized(detail: &str) -> Self {
-        Self::new(401, "unauthorized", "Unauthorized", detail, Some("authorization"))
+        Self::new(
+            401,
+            "unauthorized",
+            "Unauthorized",
+            detail,
+            Some("authorization"),
+        )
     }
     pub fn conflict(kind: &'static str, field: &str, detail: impl Into<String>) -> Self {
         Self::new(409, kind, "Conflict", detail, Some(field))
     }
     pub fn too_large(limit: usize) -> Self {
-        Self::new(413, "payload-too-large", "Payload too large", format!("request body exceeds {limit} bytes"), Some("body"))
+        Self::new(
+            413,
+            "payload-too-large",
+            "Payload too large",
+            format!("request body exceeds {limit} bytes"),
+            Some("body"),
+        )
     }
     pub fn method_not_allowed() -> Self {
-        Self::new(405, "method-not-allowed", "Method not allowed", "this route does not accept that method", None)
+        Self::new(
+            405,
+            "method-not-allowed",
+            "Method not allowed",
+            "this route does not accept that method",
+            None,
+        )
     }
     pub fn unavailable(detail: impl Into<String>) -> Self {
         Self::new(503, "unavailable", "Service unavailable", detail, None)
@@ -86,9 +126,15 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             // Reaching the edge with a bare condition failure means a concurrent writer won: retryable.
-            StoreError::ConditionFailed => ApiError::conflict("concurrent-update", "state", "the object changed concurrently; retry the request"),
+            StoreError::ConditionFailed => ApiError::conflict(
+                "concurrent-update",
+                "state",
+                "the object changed concurrently; retry the request",
+            ),
             StoreError::Unavailable(d) => ApiError::unavailable(d),
-            StoreError::Corrupt { key, reason } => ApiError::internal(format!("stored item {key} is unreadable: {reason}")),
+            StoreError::Corrupt { key, reason } => {
+                ApiError::internal(format!("stored item {key} is unreadable: {reason}"))
+            }
         }
     }
 }
@@ -99,7 +145,11 @@ pub enum TaskError {
     #[error("run {0} not found")]
     RunNotFound(String),
     #[error("run {run_id} is {state}; {stage} cannot act on it")]
-    InvalidTransition { run_id: String, state: String, stage: &'static str },
+    InvalidTransition {
+        run_id: String,
+        state: String,
+        stage: &'static str,
+    },
     #[error("malformed task input: {0}")]
     BadInput(String),
     #[error("callback delivery failed after {attempts} attempts: {last_error}")]

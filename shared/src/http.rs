@@ -41,9 +41,10 @@ impl ApiRequest {
             return Err(ApiError::bad_request("body", "a JSON body is required"));
         }
         let de = &mut serde_json::Deserializer::from_slice(&self.body);
-        let parsed: Result<T, (String, serde_json::Error)> = serde_path_to_error::deserialize(&mut *de)
-            .map_err(|e| (e.path().to_string(), e.into_inner()))
-            .and_then(|v| de.end().map(|_| v).map_err(|e| (".".to_string(), e)));
+        let parsed: Result<T, (String, serde_json::Error)> =
+            serde_path_to_error::deserialize(&mut *de)
+                .map_err(|e| (e.path().to_string(), e.into_inner()))
+                .and_then(|v| de.end().map(|_| v).map_err(|e| (".".to_string(), e)));
         match parsed {
             Ok(v) => Ok(v),
             Err((path, inner)) => {
@@ -55,7 +56,11 @@ impl ApiRequest {
                         // field is named only in the message, as a child of the path.
                         let field = match field_from_serde_message(&msg) {
                             Some(f) if msg.starts_with("missing field") => {
-                                if path == "." { f } else { format!("{path}.{f}") }
+                                if path == "." {
+                                    f
+                                } else {
+                                    format!("{path}.{f}")
+                                }
                             }
                             _ if path == "." => "body".to_string(),
                             _ => path,
@@ -74,7 +79,8 @@ fn field_from_serde_message(msg: &str) -> Option<String> {
     let start = msg.find('`')? + 1;
     let end = msg[start..].find('`')? + start;
     let f = &msg[start..end];
-    (!f.is_empty() && f.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')).then(|| f.to_string())
+    (!f.is_empty() && f.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        .then(|| f.to_string())
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -87,13 +93,21 @@ pub struct ApiResponse {
 impl ApiResponse {
     pub fn json<T: Serialize>(status: u16, value: &T) -> ApiResponse {
         match serde_json::to_vec(value) {
-            Ok(body) => ApiResponse { status, headers: vec![("content-type".into(), "application/json".into())], body },
+            Ok(body) => ApiResponse {
+                status,
+                headers: vec![("content-type".into(), "application/json".into())],
+                body,
+            },
             Err(e) => ApiResponse::problem(&ApiError::internal(format!("response encoding: {e}"))),
         }
     }
     pub fn problem(e: &ApiError) -> ApiResponse {
         let body = serde_json::to_vec(e).unwrap_or_else(|_| b"{}".to_vec());
-        ApiResponse { status: e.status, headers: vec![("content-type".into(), "application/problem+json".into())], body }
+        ApiResponse {
+            status: e.status,
+            headers: vec![("content-type".into(), "application/problem+json".into())],
+            body,
+        }
     }
     pub fn from_result<T: Serialize>(status: u16, r: Result<T, ApiError>) -> ApiResponse {
         match r {
@@ -102,7 +116,10 @@ impl ApiResponse {
         }
     }
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     pub fn json_body(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
@@ -120,8 +137,20 @@ pub struct Route {
     pub operation: &'static str,
 }
 
-const fn r(method: &'static str, pattern: &'static str, stage: &'static str, auth: bool, operation: &'static str) -> Route {
-    Route { method, pattern, stage, auth, operation }
+const fn r(
+    method: &'static str,
+    pattern: &'static str,
+    stage: &'static str,
+    auth: bool,
+    operation: &'static str,
+) -> Route {
+    Route {
+        method,
+        pattern,
+        stage,
+        auth,
+        operation,
+    }
 }
 
 /// The whole agent-facing API (spec §3). The local server, the Lambda functions, the manifest's
@@ -130,33 +159,114 @@ pub const ROUTES: &[Route] = &[
     r("POST", "/agents", "onboarding", false, "create_agent"),
     r("GET", "/agents/{agent_id}", "onboarding", true, "get_agent"),
     r("GET", "/manifest", "onboarding", false, "manifest"),
-    r("GET", "/.well-known/tokenops.json", "onboarding", false, "manifest"),
+    r(
+        "GET",
+        "/.well-known/tokenops.json",
+        "onboarding",
+        false,
+        "manifest",
+    ),
     r("GET", "/schemas/{object}", "onboarding", false, "schema"),
     r("GET", "/openapi.json", "onboarding", false, "openapi"),
-    r("POST", "/agents/{agent_id}/credentials", "trust", false, "claim_credentials"),
+    r(
+        "POST",
+        "/agents/{agent_id}/credentials",
+        "trust",
+        false,
+        "claim_credentials",
+    ),
     r("POST", "/quotes", "quote", true, "create_quote"),
     r("GET", "/quotes/{quote_id}", "quote", true, "get_quote"),
-    r("POST", "/settlements", "provider_route", true, "create_settlement"),
-    r("GET", "/settlements/{settlement_id}", "provider_route", true, "get_settlement"),
-    r("POST", "/providers/{provider}/confirmations", "credit_entitlement", false, "provider_confirmation"),
-    r("GET", "/credit-entitlements/{credit_entitlement_id}", "credit_entitlement", true, "get_entitlement"),
+    r(
+        "POST",
+        "/settlements",
+        "provider_route",
+        true,
+        "create_settlement",
+    ),
+    r(
+        "GET",
+        "/settlements/{settlement_id}",
+        "provider_route",
+        true,
+        "get_settlement",
+    ),
+    r(
+        "POST",
+        "/providers/{provider}/confirmations",
+        "credit_entitlement",
+        false,
+        "provider_confirmation",
+    ),
+    r(
+        "GET",
+        "/credit-entitlements/{credit_entitlement_id}",
+        "credit_entitlement",
+        true,
+        "get_entitlement",
+    ),
     r("POST", "/runs", "run_contract", true, "create_run"),
     r("GET", "/runs/{run_id}", "run_contract", true, "get_run"),
-    r("POST", "/runs/{run_id}/cancel", "run_contract", true, "cancel_run"),
-    r("POST", "/runs/{run_id}/evidence", "run_contract", true, "supply_evidence"),
+    r(
+        "POST",
+        "/runs/{run_id}/cancel",
+        "run_contract",
+        true,
+        "cancel_run",
+    ),
+    r(
+        "POST",
+        "/runs/{run_id}/evidence",
+        "run_contract",
+        true,
+        "supply_evidence",
+    ),
     r("GET", "/queue", "queue", true, "queue_monitor"),
-    r("GET", "/exceptions/{exception_id}", "tokenops_execution", true, "get_exception"),
-    r("GET", "/results/{result_id}", "result_contract", true, "get_result"),
-    r("GET", "/receipts/{receipt_id}", "usage_receipt", true, "get_receipt"),
-    r("POST", "/runs/{run_id}/callback/redeliver", "callback", true, "redeliver_callback"),
+    r(
+        "GET",
+        "/exceptions/{exception_id}",
+        "tokenops_execution",
+        true,
+        "get_exception",
+    ),
+    r(
+        "GET",
+        "/results/{result_id}",
+        "result_contract",
+        true,
+        "get_result",
+    ),
+    r(
+        "GET",
+        "/receipts/{receipt_id}",
+        "usage_receipt",
+        true,
+        "get_receipt",
+    ),
+    r(
+        "POST",
+        "/runs/{run_id}/callback/redeliver",
+        "callback",
+        true,
+        "redeliver_callback",
+    ),
     r("GET", "/ledger", "ledger", true, "get_ledger"),
     r("GET", "/ledger/verify", "ledger", true, "verify_ledger"),
-    r("GET", "/attestations/{attestation_id}", "attestation", true, "get_attestation"),
+    r(
+        "GET",
+        "/attestations/{attestation_id}",
+        "attestation",
+        true,
+        "get_attestation",
+    ),
     r("GET", "/keys", "attestation", false, "get_keys"),
 ];
 
 /// Finds the route for a method and path; `Err(405)` when the path exists with another method.
-pub fn match_route(method: &str, path: &str) -> Result<Option<(Route, BTreeMap<String, String>)>, ApiError> {
+pub fn match_route(
+    method: &str,
+    path: &str,
+) -> Result<Option<(Route, BTreeMap<String, String>)>, ApiError> {
     let segs: Vec<&str> = path.trim_end_matches('/').split('/').collect();
     let mut path_matched = false;
     for route in ROUTES {
@@ -165,13 +275,15 @@ pub fn match_route(method: &str, path: &str) -> Result<Option<(Route, BTreeMap<S
             continue;
         }
         let mut params = BTreeMap::new();
-        let ok = pat.iter().zip(&segs).all(|(p, s)| match p.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
-            Some(name) if !s.is_empty() => {
-                params.insert(name.to_string(), (*s).to_string());
-                true
+        let ok = pat.iter().zip(&segs).all(|(p, s)| {
+            match p.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+                Some(name) if !s.is_empty() => {
+                    params.insert(name.to_string(), (*s).to_string());
+                    true
+                }
+                Some(_) => false,
+                None => p == s,
             }
-            Some(_) => false,
-            None => p == s,
         });
         if ok {
             if route.method == method {
@@ -207,9 +319,14 @@ mod tests {
         let (r, p) = match_route("GET", "/runs/run_abc").unwrap().unwrap();
         assert_eq!((r.stage, r.operation), ("run_contract", "get_run"));
         assert_eq!(p["run_id"], "run_abc");
-        let (r, _) = match_route("POST", "/runs/run_abc/callback/redeliver").unwrap().unwrap();
+        let (r, _) = match_route("POST", "/runs/run_abc/callback/redeliver")
+            .unwrap()
+            .unwrap();
         assert_eq!(r.stage, "callback");
-        assert_eq!(match_route("DELETE", "/runs/run_abc").unwrap_err().status, 405);
+        assert_eq!(
+            match_route("DELETE", "/runs/run_abc").unwrap_err().status,
+            405
+        );
         assert!(match_route("GET", "/nope").unwrap().is_none());
         // every stage that serves HTTP is on the seed's path
         assert!(ROUTES.iter().all(|r| crate::model::PATH.contains(&r.stage)));
@@ -224,16 +341,26 @@ mod tests {
             quote_id: String,
             credits: i64,
         }
-        let req = |b: &str| ApiRequest { body: b.as_bytes().to_vec(), ..Default::default() };
+        let req = |b: &str| ApiRequest {
+            body: b.as_bytes().to_vec(),
+            ..Default::default()
+        };
         let e = req(r#"{"credits": 1}"#).json::<Q>().unwrap_err();
         assert_eq!((e.status, e.field.as_deref()), (422, Some("quote_id")));
-        let e = req(r#"{"quote_id": "q", "credits": 1, "x": 2}"#).json::<Q>().unwrap_err();
+        let e = req(r#"{"quote_id": "q", "credits": 1, "x": 2}"#)
+            .json::<Q>()
+            .unwrap_err();
         assert_eq!((e.status, e.field.as_deref()), (422, Some("x")));
-        let e = req(r#"{"quote_id": "q", "credits": "ten"}"#).json::<Q>().unwrap_err();
+        let e = req(r#"{"quote_id": "q", "credits": "ten"}"#)
+            .json::<Q>()
+            .unwrap_err();
         assert_eq!((e.status, e.field.as_deref()), (422, Some("credits")));
         let e = req(r#"{"quote_id": "#).json::<Q>().unwrap_err();
         assert_eq!((e.status, e.field.as_deref()), (400, Some("body")));
-        let big = ApiRequest { body: vec![b' '; MAX_BODY_BYTES + 1], ..Default::default() };
+        let big = ApiRequest {
+            body: vec![b' '; MAX_BODY_BYTES + 1],
+            ..Default::default()
+        };
         assert_eq!(big.json::<Q>().unwrap_err().status, 413);
     }
 }

@@ -5,7 +5,10 @@ use crate::error::ApiError;
 
 /// A new id: prefix + lower-case ULID (sortable, 26 chars, no ambiguity).
 pub fn new_id(prefix: &str) -> String {
-    format!("{prefix}_{}", ulid::Ulid::new().to_string().to_ascii_lowercase())
+    format!(
+        "{prefix}_{}",
+        ulid::Ulid::new().to_string().to_ascii_lowercase()
+    )
 }
 
 /// The part after the prefix; per-run object ids reuse it so retries land on the same id.
@@ -16,9 +19,15 @@ pub fn suffix(id: &str) -> &str {
 /// Accepts `prefix_[a-z0-9_-]{1,80}`; anything else is a 404 for `field` (we never say which part was wrong).
 pub fn parse_id(prefix: &str, raw: &str, field: &str) -> Result<String, ApiError> {
     let ok = raw.len() <= prefix.len() + 81
-        && raw.strip_prefix(prefix).and_then(|r| r.strip_prefix('_')).is_some_and(|rest| {
-            !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-        });
+        && raw
+            .strip_prefix(prefix)
+            .and_then(|r| r.strip_prefix('_'))
+            .is_some_and(|rest| {
+                !rest.is_empty()
+                    && rest.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
+                    })
+            });
     if ok {
         Ok(raw.to_string())
     } else {
@@ -36,7 +45,8 @@ pub fn now() -> time::OffsetDateTime {
 }
 
 pub fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.unix_timestamp().to_string())
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
 pub fn now_rfc3339() -> String {
@@ -69,5 +79,8 @@ pub fn random_token(prefix: &str) -> String {
     use rand::RngCore;
     let mut b = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut b);
-    format!("{prefix}_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
+    format!(
+        "{prefix}_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    )
 }

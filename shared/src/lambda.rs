@@ -27,8 +27,12 @@ fn env(name: &'static str) -> Result<String, ConfigError> {
 
 /// A 32-byte seed, base64 (the SAM template passes it from the signing key source).
 pub fn key_from_b64(name: &'static str, raw: &str) -> Result<AttestationKey, ConfigError> {
-    let bytes = base64::engine::general_purpose::STANDARD.decode(raw.trim()).map_err(|e| ConfigError::Invalid(name, e.to_string()))?;
-    let seed: [u8; 32] = bytes.try_into().map_err(|_| ConfigError::Invalid(name, "must decode to 32 bytes".into()))?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(raw.trim())
+        .map_err(|e| ConfigError::Invalid(name, e.to_string()))?;
+    let seed: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| ConfigError::Invalid(name, "must decode to 32 bytes".into()))?;
     Ok(AttestationKey::from_seed(seed))
 }
 
@@ -43,11 +47,15 @@ pub async fn ctx_from_env() -> Result<Ctx<DynamoStore>, ConfigError> {
     }
     let config = Config {
         public_base_url: env("PUBLIC_BASE_URL")?,
-        allow_loopback_callbacks: std::env::var("ALLOW_LOOPBACK_CALLBACKS").is_ok_and(|v| v == "true"),
+        allow_loopback_callbacks: std::env::var("ALLOW_LOOPBACK_CALLBACKS")
+            .is_ok_and(|v| v == "true"),
         quote_ttl_secs: 900,
         provider_secrets,
         attestation_key: key_from_b64("ATTESTATION_KEY_SEED", &env("ATTESTATION_KEY_SEED")?)?,
-        callback_retry: RetryPolicy { attempts: 4, base_delay_ms: 500 },
+        callback_retry: RetryPolicy {
+            attempts: 4,
+            base_delay_ms: 500,
+        },
         idempotency_ttl_secs: 86_400,
     };
     Ok(Ctx::new(store, config))
@@ -66,19 +74,41 @@ fn tracing_subscriber_init() -> Result<(), ()> {
 
 /// API Gateway HTTP API v2 event → request.
 pub fn request_from_apigw_v2(ev: &Value) -> ApiRequest {
-    let s = |p: &str| ev.pointer(p).and_then(Value::as_str).unwrap_or("").to_string();
+    let s = |p: &str| {
+        ev.pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
     let headers: BTreeMap<String, String> = ev
         .get("headers")
         .and_then(Value::as_object)
-        .map(|h| h.iter().filter_map(|(k, v)| v.as_str().map(|v| (k.to_ascii_lowercase(), v.to_string()))).collect())
+        .map(|h| {
+            h.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.to_ascii_lowercase(), v.to_string())))
+                .collect()
+        })
         .unwrap_or_default();
     let raw_body = s("/body");
-    let body = if ev.get("isBase64Encoded").and_then(Value::as_bool).unwrap_or(false) {
-        base64::engine::general_purpose::STANDARD.decode(raw_body.as_bytes()).unwrap_or_default()
+    let body = if ev
+        .get("isBase64Encoded")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+    {
+        base64::engine::general_purpose::STANDARD
+            .decode(raw_body.as_bytes())
+            .unwrap_or_default()
     } else {
         raw_body.into_bytes()
     };
-    ApiRequest { method: s("/requestContext/http/method"), path: s("/rawPath"), query: parse_query(&s("/rawQueryString")), headers, body, ..Default::default() }
+    ApiRequest {
+        method: s("/requestContext/http/method"),
+        path: s("/rawPath"),
+        query: parse_query(&s("/rawQueryString")),
+        headers,
+        body,
+        ..Default::default()
+    }
 }
 
 pub fn is_apigw_v2(ev: &Value) -> bool {
@@ -87,14 +117,26 @@ pub fn is_apigw_v2(ev: &Value) -> bool {
 
 /// Response → API Gateway HTTP API v2 result.
 pub fn response_to_apigw_v2(r: &ApiResponse) -> Value {
-    let headers: serde_json::Map<String, Value> = r.headers.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+    let headers: serde_json::Map<String, Value> = r
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
     json!({"statusCode": r.status, "headers": headers, "body": String::from_utf8_lossy(&r.body), "isBase64Encoded": false})
 }
 
 /// `lambda_http` request → request.
 pub fn request_from_http(req: lambda_http::Request) -> ApiRequest {
     let (parts, body) = req.into_parts();
-    let headers = parts.headers.iter().filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_ascii_lowercase(), v.to_string()))).collect();
+    let headers = parts
+        .headers
+        .iter()
+        .filter_map(|(k, v)| {
+            v.to_str()
+                .ok()
+                .map(|v| (k.as_str().to_ascii_lowercase(), v.to_string()))
+        })
+        .collect();
     ApiRequest {
         method: parts.method.as_str().to_string(),
         path: parts.uri.path().to_string(),
@@ -110,13 +152,17 @@ pub fn response_to_http(r: ApiResponse) -> lambda_http::Response<lambda_http::Bo
     for (k, v) in &r.headers {
         b = b.header(k, v);
     }
-    b.body(lambda_http::Body::from(r.body)).unwrap_or_else(|_| lambda_http::Response::new(lambda_http::Body::Empty))
+    b.body(lambda_http::Body::from(r.body))
+        .unwrap_or_else(|_| lambda_http::Response::new(lambda_http::Body::Empty))
 }
 
 /// Task errors reach Step Functions as `errorType` (matched by the ASL) + message.
 impl From<TaskError> for lambda_runtime::Diagnostic {
     fn from(e: TaskError) -> Self {
-        lambda_runtime::Diagnostic { error_type: e.error_type().to_string(), error_message: e.to_string() }
+        lambda_runtime::Diagnostic {
+            error_type: e.error_type().to_string(),
+            error_message: e.to_string(),
+        }
     }
 }
 
@@ -131,13 +177,27 @@ pub struct StepFunctions {
 impl StepFunctions {
     pub async fn from_env() -> Result<Self, ConfigError> {
         let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-        Ok(StepFunctions { client: aws_sdk_sfn::Client::new(&sdk), state_machine_arn: env("STATE_MACHINE_ARN")? })
+        Ok(StepFunctions {
+            client: aws_sdk_sfn::Client::new(&sdk),
+            state_machine_arn: env("STATE_MACHINE_ARN")?,
+        })
     }
 }
 
 impl crate::ports::Orchestrator for StepFunctions {
-    async fn start(&self, name: &str, input: Value) -> Result<crate::ports::Started, crate::error::StoreError> {
-        let res = self.client.start_execution().state_machine_arn(&self.state_machine_arn).name(name).input(input.to_string()).send().await;
+    async fn start(
+        &self,
+        name: &str,
+        input: Value,
+    ) -> Result<crate::ports::Started, crate::error::StoreError> {
+        let res = self
+            .client
+            .start_execution()
+            .state_machine_arn(&self.state_machine_arn)
+            .name(name)
+            .input(input.to_string())
+            .send()
+            .await;
         match res {
             Ok(_) => Ok(crate::ports::Started::New),
             Err(e) => {
@@ -159,12 +219,34 @@ pub fn sqs_deliveries(ev: &Value) -> Vec<Result<crate::ports::Delivery, String>>
         .map(|recs| {
             recs.iter()
                 .map(|r| {
-                    let id = r.get("messageId").and_then(Value::as_str).unwrap_or("").to_string();
+                    let id = r
+                        .get("messageId")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string();
                     let body = r.get("body").and_then(Value::as_str).unwrap_or("");
-                    let count = r.pointer("/attributes/ApproximateReceiveCount").and_then(Value::as_str).and_then(|c| c.parse().ok()).unwrap_or(1);
-                    let sent = r.pointer("/attributes/SentTimestamp").and_then(Value::as_str).and_then(|c| c.parse().ok()).unwrap_or(0);
+                    let count = r
+                        .pointer("/attributes/ApproximateReceiveCount")
+                        .and_then(Value::as_str)
+                        .and_then(|c| c.parse().ok())
+                        .unwrap_or(1);
+                    let sent = r
+                        .pointer("/attributes/SentTimestamp")
+                        .and_then(Value::as_str)
+                        .and_then(|c| c.parse().ok())
+                        .unwrap_or(0);
                     serde_json::from_str(body)
-                        .map(|body| crate::ports::Delivery { message_id: id.clone(), receipt: r.get("receiptHandle").and_then(Value::as_str).unwrap_or("").into(), body, receive_count: count, sent_at: sent })
+                        .map(|body| crate::ports::Delivery {
+                            message_id: id.clone(),
+                            receipt: r
+                                .get("receiptHandle")
+                                .and_then(Value::as_str)
+                                .unwrap_or("")
+                                .into(),
+                            body,
+                            receive_count: count,
+                            sent_at: sent,
+                        })
                         .map_err(|_| id)
                 })
                 .collect()

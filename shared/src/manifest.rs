@@ -56,7 +56,9 @@ pub fn openapi(base_url: &str) -> Value {
         if r.method == "POST" {
             op["parameters"].as_array_mut().map(|a| a.push(json!({"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string", "maxLength": 255}})));
         }
-        let entry = paths.entry(r.pattern.to_string()).or_insert_with(|| json!({}));
+        let entry = paths
+            .entry(r.pattern.to_string())
+            .or_insert_with(|| json!({}));
         entry[r.method.to_ascii_lowercase()] = op;
     }
     json!({

@@ -471,18 +471,33 @@ pub struct FullLoopPayload {
 }
 
 impl FullLoopPayload {
-    pub fn link(&mut self, stage: &str, id: &str, object_type: &str, url: String, sha256: Option<String>) {
+    pub fn link(
+        &mut self,
+        stage: &str,
+        id: &str,
+        object_type: &str,
+        url: String,
+        sha256: Option<String>,
+    ) {
         let links = self.objects.entry(stage.to_string()).or_default();
         match links.iter_mut().find(|l| l.id == id) {
             Some(l) => l.sha256 = sha256.or(l.sha256.take()),
-            None => links.push(ObjectLink { id: id.into(), object_type: object_type.into(), url, sha256 }),
+            None => links.push(ObjectLink {
+                id: id.into(),
+                object_type: object_type.into(),
+                url,
+                sha256,
+            }),
         }
     }
     pub fn first_link(&self, stage: &str) -> Option<&ObjectLink> {
         self.objects.get(stage).and_then(|l| l.first())
     }
     pub fn first_id(&self, stage: &str) -> Option<&str> {
-        self.objects.get(stage).and_then(|l| l.first()).map(|l| l.id.as_str())
+        self.objects
+            .get(stage)
+            .and_then(|l| l.first())
+            .map(|l| l.id.as_str())
     }
     pub fn refresh_next_action(&mut self) {
         self.next_action = self.state.next_action(self.attested).to_string();

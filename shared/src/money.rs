@@ -47,7 +47,10 @@ pub const REVENUE_ACCOUNT: &str = "tokenops:revenue";
 
 fn transfer_write(t: &Transfer, owner: &str) -> Write {
     let item = Item::new(
-        Key::new(format!("XFER#{}", t.credit_entitlement_id), t.transfer_id.clone()),
+        Key::new(
+            format!("XFER#{}", t.credit_entitlement_id),
+            t.transfer_id.clone(),
+        ),
         "transfer",
         Some(owner),
         serde_json::to_value(t).unwrap_or_default(),
@@ -65,7 +68,15 @@ fn adjust(ent: &str, add: &[(&str, i64)], conds: Vec<Cond>) -> Write {
     }
 }
 
-fn transfer(kind: &str, subject: &str, debit: String, credit: String, credits: i64, ent: &str, run: Option<&str>) -> Transfer {
+fn transfer(
+    kind: &str,
+    subject: &str,
+    debit: String,
+    credit: String,
+    credits: i64,
+    ent: &str,
+    run: Option<&str>,
+) -> Transfer {
     Transfer {
         transfer_id: transfer_id(kind, subject),
         kind: kind.into(),
@@ -79,9 +90,27 @@ fn transfer(kind: &str, subject: &str, debit: String, credit: String, credits: i
 }
 
 /// Funding on a verified provider confirmation; the entitlement flips to `funded` once.
-pub fn fund(ent: &str, owner: &str, provider: &str, settlement_id: &str, credits: i64) -> (Transfer, Vec<Write>) {
-    let t = transfer("fund", settlement_id, format!("provider:{provider}"), available(ent), credits, ent, None);
-    let mut w = adjust(ent, &[("funded", credits), ("available", credits)], vec![Cond::AttrEq("status".into(), "awaiting_funding".into())]);
+pub fn fund(
+    ent: &str,
+    owner: &str,
+    provider: &str,
+    settlement_id: &str,
+    credits: i64,
+) -> (Transfer, Vec<Write>) {
+    let t = transfer(
+        "fund",
+        settlement_id,
+        format!("provider:{provider}"),
+        available(ent),
+        credits,
+        ent,
+        None,
+    );
+    let mut w = adjust(
+        ent,
+        &[("funded", credits), ("available", credits)],
+        vec![Cond::AttrEq("status".into(), "awaiting_funding".into())],
+    );
     if let Write::Update { set_attrs, .. } = &mut w {
         set_attrs.push(("status".into(), "funded".into()));
     }
@@ -90,23 +119,57 @@ pub fn fund(ent: &str, owner: &str, provider: &str, settlement_id: &str, credits
 
 /// A run's hold; fails its condition when fewer than `credits` are available.
 pub fn hold(ent: &str, owner: &str, run_id: &str, credits: i64) -> (Transfer, Vec<Write>) {
-    let t = transfer("hold", run_id, available(ent), held(ent), credits, ent, Some(run_id));
-    let hold_item = Item::new(Key::new(format!("HOLD#{run_id}"), "HOLD"), "hold", Some(owner), serde_json::json!({"run_id": run_id, "credit_entitlement_id": ent, "credits": credits}))
-        .attr("status", "held")
-        .num("credits", credits);
+    let t = transfer(
+        "hold",
+        run_id,
+        available(ent),
+        held(ent),
+        credits,
+        ent,
+        Some(run_id),
+    );
+    let hold_item = Item::new(
+        Key::new(format!("HOLD#{run_id}"), "HOLD"),
+        "hold",
+        Some(owner),
+        serde_json::json!({"run_id": run_id, "credit_entitlement_id": ent, "credits": credits}),
+    )
+    .attr("status", "held")
+    .num("credits", credits);
     let w = vec![
         transfer_write(&t, owner),
-        adjust(ent, &[("available", -credits), ("held", credits)], vec![Cond::NumAtLeast("available".into(), credits)]),
+        adjust(
+            ent,
+            &[("available", -credits), ("held", credits)],
+            vec![Cond::NumAtLeast("available".into(), credits)],
+        ),
         Write::create(hold_item),
     ];
     (t, w)
 }
 
-fn settle_hold(kind: &str, to_status: &str, ent: &str, owner: &str, run_id: &str, credits: i64) -> (Transfer, Vec<Write>) {
+fn settle_hold(
+    kind: &str,
+    to_status: &str,
+    ent: &str,
+    owner: &str,
+    run_id: &str,
+    credits: i64,
+) -> (Transfer, Vec<Write>) {
     let (credit, add): (String, Vec<(&str, i64)>) = if kind == "capture" {
-        (REVENUE_ACCOUNT.to_string(), vec![("held", -credits), ("captured", credits)])
+        (
+            REVENUE_ACCOUNT.to_string(),
+            vec![("held", -credits), ("captured", credits)],
+        )
     } else {
-        (available(ent), vec![("held", -credits), ("available", credits), ("released", credits)])
+        (
+            available(ent),
+            vec![
+                ("held", -credits),
+                ("available", credits),
+                ("released", credits),
+            ],
+        )
     };
     let t = transfer(kind, run_id, held(ent), credit, credits, ent, Some(run_id));
     let w = vec![
@@ -155,7 +218,10 @@ mod tests {
         let (c, _) = capture("cred_1", "agent_1", "run_a", 3);
         let (h2, _) = hold("cred_1", "agent_1", "run_b", 2);
         let (r, _) = release("cred_1", "agent_1", "run_b", 2);
-        assert_eq!(h.transfer_id, hold("cred_1", "agent_1", "run_a", 3).0.transfer_id);
+        assert_eq!(
+            h.transfer_id,
+            hold("cred_1", "agent_1", "run_a", 3).0.transfer_id
+        );
         let b = account_balances(&[f, h, c, h2, r]);
         assert_eq!(b.values().sum::<i64>(), 0);
         assert_eq!(b["entitlement:cred_1:available"], 7);

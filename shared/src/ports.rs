@@ -33,7 +33,8 @@ pub struct QueueStats {
 /// The run queue: at-least-once delivery with a visibility timeout and a dead-letter queue.
 pub trait RunQueue: Send + Sync + Clone + 'static {
     fn send(&self, msg: &RunMessage) -> impl Future<Output = Result<String, StoreError>> + Send;
-    fn receive(&self, max: usize) -> impl Future<Output = Result<Vec<Delivery>, StoreError>> + Send;
+    fn receive(&self, max: usize)
+        -> impl Future<Output = Result<Vec<Delivery>, StoreError>> + Send;
     fn ack(&self, d: &Delivery) -> impl Future<Output = Result<(), StoreError>> + Send;
     fn stats(&self) -> impl Future<Output = Result<QueueStats, StoreError>> + Send;
 }
@@ -47,18 +48,30 @@ pub enum Started {
 
 /// Starts the orchestrated path (Step Functions in AWS, the local ASL engine here).
 pub trait Orchestrator: Send + Sync + Clone + 'static {
-    fn start(&self, name: &str, input: serde_json::Value) -> impl Future<Output = Result<Started, StoreError>> + Send;
+    fn start(
+        &self,
+        name: &str,
+        input: serde_json::Value,
+    ) -> impl Future<Output = Result<Started, StoreError>> + Send;
 }
 
 /// Outbound HTTP for callbacks: returns the status code or a transport error.
 pub trait CallbackSender: Send + Sync + Clone + 'static {
-    fn post(&self, url: &str, headers: Vec<(String, String)>, body: Vec<u8>) -> impl Future<Output = Result<u16, String>> + Send;
+    fn post(
+        &self,
+        url: &str,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    ) -> impl Future<Output = Result<u16, String>> + Send;
 }
 
 /// A settlement provider's side of the money path: told about a new payment request, it later
 /// calls the confirmation webhook (signed with its secret).
 pub trait SettlementProvider: Send + Sync + Clone + 'static {
-    fn request_payment(&self, route: &crate::model::ProviderRoute) -> impl Future<Output = Result<(), String>> + Send;
+    fn request_payment(
+        &self,
+        route: &crate::model::ProviderRoute,
+    ) -> impl Future<Output = Result<(), String>> + Send;
 }
 
 /// HTTP sender over reqwest (rustls); used by both planes.
@@ -80,11 +93,19 @@ impl HttpSender {
 }
 
 impl CallbackSender for HttpSender {
-    async fn post(&self, url: &str, headers: Vec<(String, String)>, body: Vec<u8>) -> Result<u16, String> {
+    async fn post(
+        &self,
+        url: &str,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    ) -> Result<u16, String> {
         let mut req = self.client.post(url).body(body);
         for (k, v) in headers {
             req = req.header(k, v);
         }
-        req.send().await.map(|r| r.status().as_u16()).map_err(|e| e.to_string())
+        req.send()
+            .await
+            .map(|r| r.status().as_u16())
+            .map_err(|e| e.to_string())
     }
 }

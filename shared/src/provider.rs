@@ -21,11 +21,20 @@ pub struct TestProvider {
 
 impl TestProvider {
     pub fn new(api_base: &str, secret: &str, delay: Duration) -> Self {
-        TestProvider { http: reqwest::Client::new(), api_base: api_base.trim_end_matches('/').into(), secret: secret.into(), delay }
+        TestProvider {
+            http: reqwest::Client::new(),
+            api_base: api_base.trim_end_matches('/').into(),
+            secret: secret.into(),
+            delay,
+        }
     }
 
     /// The signed webhook the provider sends: (headers, body).
-    pub fn signed_confirmation(secret: &str, route: &ProviderRoute, event_id: &str) -> Result<(Vec<(String, String)>, Vec<u8>), String> {
+    pub fn signed_confirmation(
+        secret: &str,
+        route: &ProviderRoute,
+        event_id: &str,
+    ) -> Result<(Vec<(String, String)>, Vec<u8>), String> {
         let body = serde_json::to_vec(&ProviderConfirmation {
             provider_event_id: event_id.into(),
             settlement_reference: route.settlement_id.clone(),
@@ -58,7 +67,11 @@ impl SettlementProvider for TestProvider {
             let event_id = format!("evt_{}", crate::ids::suffix(&route.settlement_id));
             let url = format!("{}/providers/{TEST_PROVIDER}/confirmations", this.api_base);
             for attempt in 0..6u32 {
-                let Ok((headers, body)) = TestProvider::signed_confirmation(&this.secret, &route, &event_id) else { return };
+                let Ok((headers, body)) =
+                    TestProvider::signed_confirmation(&this.secret, &route, &event_id)
+                else {
+                    return;
+                };
                 let mut req = this.http.post(&url).body(body);
                 for (k, v) in headers {
                     req = req.header(k, v);

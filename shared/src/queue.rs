@@ -23,7 +23,12 @@ fn now_ms() -> i64 {
 
 impl<S: Store> StoreQueue<S> {
     pub fn new(store: S, name: &str, visibility_secs: i64, max_receives: i64) -> Self {
-        StoreQueue { store, name: name.into(), visibility_ms: visibility_secs * 1000, max_receives }
+        StoreQueue {
+            store,
+            name: name.into(),
+            visibility_ms: visibility_secs * 1000,
+            max_receives,
+        }
     }
     fn pk(&self) -> String {
         format!("QUEUE#{}", self.name)
@@ -33,7 +38,12 @@ impl<S: Store> StoreQueue<S> {
     }
     /// Messages in the dead-letter queue (for the monitor and tests).
     pub async fn dead_letters(&self) -> Result<Vec<RunMessage>, StoreError> {
-        self.store.query(&self.dlq_pk(), "MSG#", None).await?.iter().map(|i| i.decode()).collect()
+        self.store
+            .query(&self.dlq_pk(), "MSG#", None)
+            .await?
+            .iter()
+            .map(|i| i.decode())
+            .collect()
     }
 }
 
@@ -41,11 +51,16 @@ impl<S: Store> RunQueue for StoreQueue<S> {
     async fn send(&self, msg: &RunMessage) -> Result<String, StoreError> {
         let id = ulid::Ulid::new().to_string();
         let t = now_ms();
-        let item = Item::of(Key::new(self.pk(), format!("MSG#{id}")), "queue_message", None, msg)?
-            .num("visible_at", t)
-            .num("sent_at", t)
-            .num("receives", 0)
-            .attr("receipt", "-");
+        let item = Item::of(
+            Key::new(self.pk(), format!("MSG#{id}")),
+            "queue_message",
+            None,
+            msg,
+        )?
+        .num("visible_at", t)
+        .num("sent_at", t)
+        .num("receives", 0)
+        .attr("receipt", "-");
         self.store.transact(vec![Write::create(item)]).await?;
         Ok(id)
     }
@@ -69,7 +84,13 @@ impl<S: Store> RunQueue for StoreQueue<S> {
                 dead.key = Key::new(self.dlq_pk(), item.key.sk.clone());
                 let moved = self
                     .store
-                    .transact(vec![Write::Delete { key: item.key.clone(), conds: vec![Cond::AttrEq("receipt".into(), old_receipt)] }, Write::put(dead)])
+                    .transact(vec![
+                        Write::Delete {
+                            key: item.key.clone(),
+                            conds: vec![Cond::AttrEq("receipt".into(), old_receipt)],
+                        },
+                        Write::put(dead),
+                    ])
                     .await;
                 match moved {
                     Ok(()) | Err(StoreError::ConditionFailed) => continue,
@@ -79,10 +100,16 @@ impl<S: Store> RunQueue for StoreQueue<S> {
             let receipt = ulid::Ulid::new().to_string();
             let claim = Write::Update {
                 key: item.key.clone(),
-                add: vec![("receives".into(), 1), ("visible_at".into(), t + self.visibility_ms - visible_at)],
+                add: vec![
+                    ("receives".into(), 1),
+                    ("visible_at".into(), t + self.visibility_ms - visible_at),
+                ],
                 set_attrs: vec![("receipt".into(), receipt.clone())],
                 set_doc: None,
-                conds: vec![Cond::NumEq("visible_at".into(), visible_at), Cond::AttrEq("receipt".into(), old_receipt)],
+                conds: vec![
+                    Cond::NumEq("visible_at".into(), visible_at),
+                    Cond::AttrEq("receipt".into(), old_receipt),
+                ],
             };
             match self.store.transact(vec![claim]).await {
                 Ok(()) => out.push(Delivery {
@@ -100,7 +127,10 @@ impl<S: Store> RunQueue for StoreQueue<S> {
     }
 
     async fn ack(&self, d: &Delivery) -> Result<(), StoreError> {
-        let w = Write::Delete { key: Key::new(self.pk(), format!("MSG#{}", d.message_id)), conds: vec![Cond::AttrEq("receipt".into(), d.receipt.clone())] };
+        let w = Write::Delete {
+            key: Key::new(self.pk(), format!("MSG#{}", d.message_id)),
+            conds: vec![Cond::AttrEq("receipt".into(), d.receipt.clone())],
+        };
         match self.store.transact(vec![w]).await {
             // Our receipt expired and someone else holds the message: SQS ignores such deletes too.
             Ok(()) | Err(StoreError::ConditionFailed) => Ok(()),
@@ -113,7 +143,12 @@ impl<S: Store> RunQueue for StoreQueue<S> {
         let msgs = self.store.query(&self.pk(), "MSG#", None).await?;
         let dlq = self.store.query(&self.dlq_pk(), "MSG#", None).await?;
         let in_flight = msgs.iter().filter(|m| m.get_num("visible_at") > t).count() as i64;
-        let oldest = msgs.iter().map(|m| m.get_num("sent_at")).min().map(|s| (t - s) / 1000).unwrap_or(0);
+        let oldest = msgs
+            .iter()
+            .map(|m| m.get_num("sent_at"))
+            .min()
+            .map(|s| (t - s) / 1000)
+            .unwrap_or(0);
         Ok(QueueStats {
             queue: self.name.clone(),
             depth: msgs.len() as i64 - in_flight,

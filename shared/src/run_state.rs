@@ -133,12 +133,23 @@ mod tests {
 
     #[test]
     fn happy_path_is_checked_and_repeats_are_no_ops() {
-        let path = [Queued, Dispatched, Reviewed, ResultContracted, SettlementReceipted, UsageCaptured, CallbackDelivered];
+        let path = [
+            Queued,
+            Dispatched,
+            Reviewed,
+            ResultContracted,
+            SettlementReceipted,
+            UsageCaptured,
+            CallbackDelivered,
+        ];
         for w in path.windows(2) {
             assert_eq!(w[0].check(w[1]), Transition::Go, "{:?}→{:?}", w[0], w[1]);
             assert_eq!(w[1].check(w[1]), Transition::AlreadyDone);
         }
-        assert_eq!(UsageCaptured.check(ResultContracted), Transition::AlreadyDone);
+        assert_eq!(
+            UsageCaptured.check(ResultContracted),
+            Transition::AlreadyDone
+        );
         assert_eq!(Queued.check(UsageCaptured), Transition::Refused);
         assert_eq!(Reviewed.check(CallbackDelivered), Transition::Refused);
     }
@@ -162,6 +173,9 @@ mod tests {
             assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
         }
         assert_eq!(CallbackDelivered.as_str(), "callback_delivered");
-        assert_eq!(CallbackDelivered.next_action(true), "ready_for_downstream_agent");
+        assert_eq!(
+            CallbackDelivered.next_action(true),
+            "ready_for_downstream_agent"
+        );
     }
 }

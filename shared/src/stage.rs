@@ -17,11 +17,19 @@ pub struct Step {
 }
 
 pub async fn load<S: Store>(store: &S, run_id: &str) -> Result<RunRecord, TaskError> {
-    load_run(store, run_id).await?.ok_or_else(|| TaskError::RunNotFound(run_id.to_string()))
+    load_run(store, run_id)
+        .await?
+        .ok_or_else(|| TaskError::RunNotFound(run_id.to_string()))
 }
 
 /// Runs `build` when the run may enter `to`; retries on a lost optimistic lock.
-pub async fn advance<S, F, Fut>(store: &S, run_id: &str, stage: &'static str, to: RunState, build: F) -> Result<TaskOutput, TaskError>
+pub async fn advance<S, F, Fut>(
+    store: &S,
+    run_id: &str,
+    stage: &'static str,
+    to: RunState,
+    build: F,
+) -> Result<TaskOutput, TaskError>
 where
     S: Store,
     F: Fn(RunRecord) -> Fut,
@@ -40,10 +48,20 @@ where
                     evidence_status: None,
                 })
             }
-            Transition::Refused => return Err(TaskError::InvalidTransition { run_id: run_id.into(), state: state.as_str().into(), stage }),
+            Transition::Refused => {
+                return Err(TaskError::InvalidTransition {
+                    run_id: run_id.into(),
+                    state: state.as_str().into(),
+                    stage,
+                })
+            }
             Transition::Go => {}
         }
-        let save_from = RunRecord { payload: rec.payload.clone(), version: rec.version, item: rec.item.clone() };
+        let save_from = RunRecord {
+            payload: rec.payload.clone(),
+            version: rec.version,
+            item: rec.item.clone(),
+        };
         let step = build(rec).await?;
         let new_state = step.payload.state;
         let mut writes = step.writes;
@@ -51,18 +69,34 @@ where
         match store.transact(writes).await {
             Ok(()) => {
                 tracing::info!(run_id, stage, state = new_state.as_str(), "stage done");
-                return Ok(TaskOutput { run_id: run_id.into(), stage: stage.into(), object_id: step.object_id, state: new_state, evidence_status: step.evidence_status });
+                return Ok(TaskOutput {
+                    run_id: run_id.into(),
+                    stage: stage.into(),
+                    object_id: step.object_id,
+                    state: new_state,
+                    evidence_status: step.evidence_status,
+                });
             }
             // Someone else moved the run (a concurrent delivery): re-read and decide again.
             Err(StoreError::ConditionFailed) => continue,
             Err(e) => return Err(e.into()),
         }
     }
-    Err(TaskError::StoreUnavailable(format!("run {run_id}: too much contention")))
+    Err(TaskError::StoreUnavailable(format!(
+        "run {run_id}: too much contention"
+    )))
 }
 
 /// Parses a task's input (`{"run_id": ...}` plus anything the state machine carries).
 pub fn task_input(v: &serde_json::Value) -> Result<String, TaskError> {
-    let id = v.get("run_id").and_then(|r| r.as_str()).ok_or_else(|| TaskError::BadInput("missing run_id".into()))?;
-    crate::ids::parse_id("run", id, "run_id").map_err(|_| TaskError::BadInput(format!("bad run_id '{}'", id.chars().take(40).collect::<String>())))
+    let id = v
+        .get("run_id")
+        .and_then(|r| r.as_str())
+        .ok_or_else(|| TaskError::BadInput("missing run_id".into()))?;
+    crate::ids::parse_id("run", id, "run_id").map_err(|_| {
+        TaskError::BadInput(format!(
+            "bad run_id '{}'",
+            id.chars().take(40).collect::<String>()
+        ))
+    })
 }

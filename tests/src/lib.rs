@@ -7,7 +7,10 @@ use tokenops_local::agent::{Agent, Receiver};
 use tokenops_local::runtime::{Options, Runtime};
 
 pub fn temp_dir(tag: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("tokenops-test-{tag}-{}", ulid::Ulid::new().to_string().to_ascii_lowercase()))
+    std::env::temp_dir().join(format!(
+        "tokenops-test-{tag}-{}",
+        ulid::Ulid::new().to_string().to_ascii_lowercase()
+    ))
 }
 
 pub async fn runtime(tag: &str) -> Runtime {
@@ -27,28 +30,52 @@ pub struct Funded {
 
 impl Funded {
     pub fn ent_id(&self) -> String {
-        self.ent["credit_entitlement_id"].as_str().unwrap_or_default().to_string()
+        self.ent["credit_entitlement_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
     pub fn settlement_id(&self) -> String {
-        self.route["settlement_id"].as_str().unwrap_or_default().to_string()
+        self.route["settlement_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
     pub fn full_run(&self) -> Value {
-        self.agent.run_request(&self.quote, &self.ent, tokenops_local::agent::full_evidence(&self.ent_id(), &self.settlement_id()), &self.callback_url)
+        self.agent.run_request(
+            &self.quote,
+            &self.ent,
+            tokenops_local::agent::full_evidence(&self.ent_id(), &self.settlement_id()),
+            &self.callback_url,
+        )
     }
 }
 
 pub async fn funded_agent(rt: &Runtime, name: &str, credits: i64) -> Funded {
     let receiver = Receiver::default();
     let callback_url = receiver.start().await.expect("receiver");
-    let agent = Agent::onboard(&rt.base_url, name, &callback_url).await.expect("onboard");
+    let agent = Agent::onboard(&rt.base_url, name, &callback_url)
+        .await
+        .expect("onboard");
     receiver.add_secret(&agent.callback_secret);
     let (quote, route, ent) = agent.fund(credits).await.expect("fund");
-    Funded { agent, receiver, callback_url, quote, route, ent }
+    Funded {
+        agent,
+        receiver,
+        callback_url,
+        quote,
+        route,
+        ent,
+    }
 }
 
 pub async fn wait_delivered(agent: &Agent, run_id: &str) -> Value {
     agent
-        .wait(&format!("/runs/{run_id}"), std::time::Duration::from_secs(60), |r| r["state"] == "callback_delivered" && r["attested"] == true)
+        .wait(
+            &format!("/runs/{run_id}"),
+            std::time::Duration::from_secs(60),
+            |r| r["state"] == "callback_delivered" && r["attested"] == true,
+        )
         .await
         .expect("run delivered and attested")
 }

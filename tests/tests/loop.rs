@@ -13,16 +13,26 @@ use tokenops_tests::{funded_agent, runtime, wait_delivered};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reference_loop_and_evidence_gap_scenarios_complete_and_verify() {
     let rt = runtime("reference").await;
-    let payload = tokenops_local::reference::play(&rt.base_url).await.expect("both scenarios succeed");
+    let payload = tokenops_local::reference::play(&rt.base_url)
+        .await
+        .expect("both scenarios succeed");
     assert_eq!(payload["loop_type"], "tokenops_full_loop_reference_run");
     assert_eq!(payload["operating_tool"], "tokenops");
     assert_eq!(payload["state"], "callback_delivered");
     assert_eq!(payload["next_action"], "ready_for_downstream_agent");
-    let path: Vec<&str> = payload["path"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    let path: Vec<&str> = payload["path"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
     assert_eq!(path, tokenops::model::PATH);
     for stage in tokenops::model::PATH {
         let link = &payload["objects"][stage][0];
-        assert!(link["id"].is_string() && link["url"].as_str().unwrap().starts_with(&rt.base_url), "stage {stage} has no link: {payload}");
+        assert!(
+            link["id"].is_string() && link["url"].as_str().unwrap().starts_with(&rt.base_url),
+            "stage {stage} has no link: {payload}"
+        );
     }
     rt.shutdown().await;
 }
@@ -56,18 +66,40 @@ fn fixture(name: &str, vars: &[(&str, &str)]) -> Value {
 async fn every_function_handles_its_event_fixture() {
     let rt = runtime("fixtures").await;
     let f = funded_agent(&rt, "fixture-agent", 5).await;
-    let created = f.agent.ok("POST", "/runs", Some(&f.full_run())).await.unwrap();
+    let created = f
+        .agent
+        .ok("POST", "/runs", Some(&f.full_run()))
+        .await
+        .unwrap();
     let run_id = created["run_id"].as_str().unwrap().to_string();
     let run = wait_delivered(&f.agent, &run_id).await;
-    let app = tokenops_local::server::App { ctx: rt.ctx.clone(), queue: rt.queue.clone(), sender: tokenops::ports::HttpSender::new(Duration::from_secs(5)), provider: tokenops::provider::TestProvider::new(&rt.base_url, "whsec_dGVzdA==", Duration::from_secs(3600)) };
+    let app = tokenops_local::server::App {
+        ctx: rt.ctx.clone(),
+        queue: rt.queue.clone(),
+        sender: tokenops::ports::HttpSender::new(Duration::from_secs(5)),
+        provider: tokenops::provider::TestProvider::new(
+            &rt.base_url,
+            "whsec_dGVzdA==",
+            Duration::from_secs(3600),
+        ),
+    };
     let http = |ev: Value| {
         let app = app.clone();
-        async move { tokenops_local::server::dispatch(&app, tokenops::lambda::request_from_apigw_v2(&ev)).await }
+        async move {
+            tokenops_local::server::dispatch(&app, tokenops::lambda::request_from_apigw_v2(&ev))
+                .await
+        }
     };
     let key = f.agent.access_key.clone().unwrap();
     let ent_id = f.ent_id();
     let quote_id = f.quote["quote_id"].as_str().unwrap().to_string();
-    let vars: Vec<(&str, &str)> = vec![("access_key", &key), ("agent_id", &f.agent.agent_id), ("run_id", &run_id), ("credit_entitlement_id", &ent_id), ("quote_id", &quote_id)];
+    let vars: Vec<(&str, &str)> = vec![
+        ("access_key", &key),
+        ("agent_id", &f.agent.agent_id),
+        ("run_id", &run_id),
+        ("credit_entitlement_id", &ent_id),
+        ("quote_id", &quote_id),
+    ];
 
     // API-facing functions: API Gateway v2 events.
     let r = http(fixture("onboarding", &vars)).await;
@@ -75,12 +107,29 @@ async fn every_function_handles_its_event_fixture() {
     let onboarded = r.json_body();
     let claim = onboarded["claim_token"].as_str().unwrap().to_string();
     let new_agent = onboarded["agent_id"].as_str().unwrap().to_string();
-    let r = http(fixture("trust", &[("agent_id", &new_agent), ("claim_token", &claim)])).await;
+    let r = http(fixture(
+        "trust",
+        &[("agent_id", &new_agent), ("claim_token", &claim)],
+    ))
+    .await;
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-    assert!(r.json_body()["access_key"].as_str().unwrap().starts_with("tok_"));
-    for (name, status) in [("quote", 201), ("provider_route", 201), ("credit_entitlement", 200), ("run_contract", 200)] {
+    assert!(r.json_body()["access_key"]
+        .as_str()
+        .unwrap()
+        .starts_with("tok_"));
+    for (name, status) in [
+        ("quote", 201),
+        ("provider_route", 201),
+        ("credit_entitlement", 200),
+        ("run_contract", 200),
+    ] {
         let r = http(fixture(name, &vars)).await;
-        assert_eq!(r.status, status, "{name}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            status,
+            "{name}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
     }
     let r = http(fixture("run_contract", &vars)).await;
     assert_eq!(r.json_body()["state"], "callback_delivered");
@@ -88,15 +137,41 @@ async fn every_function_handles_its_event_fixture() {
     // The SQS consumer: a redelivered message for a dispatched run starts nothing new.
     for d in tokenops::lambda::sqs_deliveries(&fixture("queue", &vars)) {
         let d = d.expect("fixture body is a run message");
-        assert_eq!(queue::dispatch(&rt.ctx, &rt.orchestrator, &d).await.unwrap(), run_id);
+        assert_eq!(
+            queue::dispatch(&rt.ctx, &rt.orchestrator, &d)
+                .await
+                .unwrap(),
+            run_id
+        );
     }
-    assert_eq!(rt.orchestrator.start(&run_id, json!({"run_id": run_id})).await.unwrap(), tokenops::ports::Started::AlreadyExists);
+    assert_eq!(
+        rt.orchestrator
+            .start(&run_id, json!({"run_id": run_id}))
+            .await
+            .unwrap(),
+        tokenops::ports::Started::AlreadyExists
+    );
 
     // Step Functions tasks: a redelivered task is a no-op returning the object it made.
     let ctx = &rt.ctx;
     let sender = tokenops::ports::HttpSender::new(Duration::from_secs(5));
-    let before = tokenops_local::agent::Agent::ok(&f.agent, "GET", &format!("/credit-entitlements/{ent_id}"), None).await.unwrap();
-    for stage in ["tokenops_execution", "result_contract", "settlement_receipt", "usage_receipt", "callback", "ledger", "attestation"] {
+    let before = tokenops_local::agent::Agent::ok(
+        &f.agent,
+        "GET",
+        &format!("/credit-entitlements/{ent_id}"),
+        None,
+    )
+    .await
+    .unwrap();
+    for stage in [
+        "tokenops_execution",
+        "result_contract",
+        "settlement_receipt",
+        "usage_receipt",
+        "callback",
+        "ledger",
+        "attestation",
+    ] {
         let input = fixture(stage, &vars);
         let out = match stage {
             "tokenops_execution" => tokenops_execution::run_task(ctx, input).await,
@@ -108,13 +183,30 @@ async fn every_function_handles_its_event_fixture() {
             _ => attestation::run_task(ctx, input).await,
         }
         .unwrap_or_else(|e| panic!("{stage}: {e}"));
-        assert_eq!(out.object_id, run["objects"][stage][0]["id"].as_str().unwrap(), "{stage}");
+        assert_eq!(
+            out.object_id,
+            run["objects"][stage][0]["id"].as_str().unwrap(),
+            "{stage}"
+        );
     }
-    let after = f.agent.ok("GET", &format!("/credit-entitlements/{ent_id}"), None).await.unwrap();
-    assert_eq!(before["balances"], after["balances"], "redelivered tasks moved no money");
-    assert_eq!(f.receiver.verified_for(&run_id).len(), 1, "one callback per run");
+    let after = f
+        .agent
+        .ok("GET", &format!("/credit-entitlements/{ent_id}"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        before["balances"], after["balances"],
+        "redelivered tasks moved no money"
+    );
+    assert_eq!(
+        f.receiver.verified_for(&run_id).len(),
+        1,
+        "one callback per run"
+    );
     // A task on a run id that does not exist is a typed, non-retryable error.
-    let err = result_contract::run_task(ctx, json!({"run_id": "run_00000000000000000000000000"})).await.unwrap_err();
+    let err = result_contract::run_task(ctx, json!({"run_id": "run_00000000000000000000000000"}))
+        .await
+        .unwrap_err();
     assert_eq!(err.error_type(), "RunNotFound");
     rt.shutdown().await;
 }
@@ -124,20 +216,53 @@ async fn same_post_with_one_idempotency_key_has_one_effect() {
     let rt = runtime("idem").await;
     let f = funded_agent(&rt, "idem-agent", 5).await;
     let body = f.full_run();
-    let a = f.agent.call("POST", "/runs", Some(&body), Some("run-key-1")).await.unwrap();
-    let b = f.agent.call("POST", "/runs", Some(&body), Some("run-key-1")).await.unwrap();
+    let a = f
+        .agent
+        .call("POST", "/runs", Some(&body), Some("run-key-1"))
+        .await
+        .unwrap();
+    let b = f
+        .agent
+        .call("POST", "/runs", Some(&body), Some("run-key-1"))
+        .await
+        .unwrap();
     assert_eq!((a.status, b.status), (202, 202));
     assert_eq!(a.body["run_id"], b.body["run_id"]);
-    let other = f.agent.call("POST", "/runs", Some(&json!({"quote_id": "x"})), Some("run-key-1")).await.unwrap();
+    let other = f
+        .agent
+        .call(
+            "POST",
+            "/runs",
+            Some(&json!({"quote_id": "x"})),
+            Some("run-key-1"),
+        )
+        .await
+        .unwrap();
     assert_eq!(other.status, 422);
     assert_eq!(other.body["field"], "Idempotency-Key");
     wait_delivered(&f.agent, a.body["run_id"].as_str().unwrap()).await;
-    let ent = f.agent.ok("GET", &format!("/credit-entitlements/{}", f.ent_id()), None).await.unwrap();
-    assert_eq!(ent["balances"], json!({"funded": 5, "available": 4, "held": 0, "captured": 1, "released": 0}));
+    let ent = f
+        .agent
+        .ok("GET", &format!("/credit-entitlements/{}", f.ent_id()), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        ent["balances"],
+        json!({"funded": 5, "available": 4, "held": 0, "captured": 1, "released": 0})
+    );
     // Quotes too: one key, one quote.
-    let q = json!({"requested_tool": "tokenops", "requested_capability": "tokenops_result_package"});
-    let q1 = f.agent.call("POST", "/quotes", Some(&q), Some("quote-key")).await.unwrap();
-    let q2 = f.agent.call("POST", "/quotes", Some(&q), Some("quote-key")).await.unwrap();
+    let q =
+        json!({"requested_tool": "tokenops", "requested_capability": "tokenops_result_package"});
+    let q1 = f
+        .agent
+        .call("POST", "/quotes", Some(&q), Some("quote-key"))
+        .await
+        .unwrap();
+    let q2 = f
+        .agent
+        .call("POST", "/quotes", Some(&q), Some("quote-key"))
+        .await
+        .unwrap();
     assert_eq!(q1.body["quote_id"], q2.body["quote_id"]);
     rt.shutdown().await;
 }
@@ -150,7 +275,12 @@ async fn fifty_concurrent_runs_against_ten_credits_capture_exactly_ten() {
     let mut handles = Vec::new();
     for _ in 0..50 {
         let (agent, body) = (f.agent.clone(), body.clone());
-        handles.push(tokio::spawn(async move { agent.call("POST", "/runs", Some(&body), None).await.unwrap() }));
+        handles.push(tokio::spawn(async move {
+            agent
+                .call("POST", "/runs", Some(&body), None)
+                .await
+                .unwrap()
+        }));
     }
     let mut accepted = Vec::new();
     let mut refused = 0;
@@ -159,7 +289,10 @@ async fn fifty_concurrent_runs_against_ten_credits_capture_exactly_ten() {
         match r.status {
             202 => accepted.push(r.body["run_id"].as_str().unwrap().to_string()),
             409 => {
-                assert_eq!(r.body["type"], "https://tokenops.dev/problems/insufficient-credits");
+                assert_eq!(
+                    r.body["type"],
+                    "https://tokenops.dev/problems/insufficient-credits"
+                );
                 refused += 1;
             }
             other => panic!("unexpected {other}: {}", r.body),
@@ -169,15 +302,37 @@ async fn fifty_concurrent_runs_against_ten_credits_capture_exactly_ten() {
     for run in &accepted {
         wait_delivered(&f.agent, run).await;
     }
-    let ent = f.agent.ok("GET", &format!("/credit-entitlements/{}", f.ent_id()), None).await.unwrap();
-    assert_eq!(ent["balances"], json!({"funded": 10, "available": 0, "held": 0, "captured": 10, "released": 0}));
+    let ent = f
+        .agent
+        .ok("GET", &format!("/credit-entitlements/{}", f.ent_id()), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        ent["balances"],
+        json!({"funded": 10, "available": 0, "held": 0, "captured": 10, "released": 0})
+    );
     // Double entry: replaying every transfer gives the same balances and sums to zero.
-    let transfers: Vec<tokenops::money::Transfer> = rt.ctx.store.query(&format!("XFER#{}", f.ent_id()), "", None).await.unwrap().iter().map(|i| i.decode().unwrap()).collect();
-    assert_eq!(transfers.len(), 1 + 10 + 10, "one funding, ten holds, ten captures");
+    let transfers: Vec<tokenops::money::Transfer> = rt
+        .ctx
+        .store
+        .query(&format!("XFER#{}", f.ent_id()), "", None)
+        .await
+        .unwrap()
+        .iter()
+        .map(|i| i.decode().unwrap())
+        .collect();
+    assert_eq!(
+        transfers.len(),
+        1 + 10 + 10,
+        "one funding, ten holds, ten captures"
+    );
     let balances = tokenops::money::account_balances(&transfers);
     assert_eq!(balances.values().sum::<i64>(), 0);
     assert_eq!(balances[tokenops::money::REVENUE_ACCOUNT], 10);
-    assert_eq!(balances[&format!("entitlement:{}:available", f.ent_id())], 0);
+    assert_eq!(
+        balances[&format!("entitlement:{}:available", f.ent_id())],
+        0
+    );
     let ledger = f.agent.ok("GET", "/ledger/verify", None).await.unwrap();
     assert_eq!(ledger["valid"], true);
     assert_eq!(ledger["entries"], 70, "7 entries per run, one chain");
@@ -189,10 +344,19 @@ async fn agents_see_only_their_own_objects() {
     let rt = runtime("isolation").await;
     let a = funded_agent(&rt, "agent-a", 2).await;
     let b = funded_agent(&rt, "agent-b", 2).await;
-    let run = a.agent.ok("POST", "/runs", Some(&a.full_run())).await.unwrap();
+    let run = a
+        .agent
+        .ok("POST", "/runs", Some(&a.full_run()))
+        .await
+        .unwrap();
     let run_id = run["run_id"].as_str().unwrap();
     let done = wait_delivered(&a.agent, run_id).await;
-    let ids = |stage: &str| done["objects"][stage][0]["id"].as_str().unwrap().to_string();
+    let ids = |stage: &str| {
+        done["objects"][stage][0]["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
     for path in [
         format!("/runs/{run_id}"),
         format!("/results/{}", ids("tokenops_execution")),
@@ -207,14 +371,35 @@ async fn agents_see_only_their_own_objects() {
         let r = b.agent.call("GET", &path, None, None).await.unwrap();
         assert_eq!(r.status, 404, "{path} leaked to another agent");
         assert_eq!(r.content_type, "application/problem+json");
-        assert_eq!(a.agent.call("GET", &path, None, None).await.unwrap().status, 200, "{path}");
+        assert_eq!(
+            a.agent.call("GET", &path, None, None).await.unwrap().status,
+            200,
+            "{path}"
+        );
     }
-    for path in [format!("/runs/{run_id}/cancel"), format!("/runs/{run_id}/callback/redeliver")] {
-        assert_eq!(b.agent.call("POST", &path, Some(&json!({})), None).await.unwrap().status, 404);
+    for path in [
+        format!("/runs/{run_id}/cancel"),
+        format!("/runs/{run_id}/callback/redeliver"),
+    ] {
+        assert_eq!(
+            b.agent
+                .call("POST", &path, Some(&json!({})), None)
+                .await
+                .unwrap()
+                .status,
+            404
+        );
     }
     let b_ledger = b.agent.ok("GET", "/ledger", None).await.unwrap();
     assert_eq!(b_ledger["entries"].as_array().unwrap().len(), 0);
-    assert_eq!(Agent::anonymous(&rt.base_url).call("GET", &format!("/runs/{run_id}"), None, None).await.unwrap().status, 401);
+    assert_eq!(
+        Agent::anonymous(&rt.base_url)
+            .call("GET", &format!("/runs/{run_id}"), None, None)
+            .await
+            .unwrap()
+            .status,
+        401
+    );
     rt.shutdown().await;
 }
 
@@ -228,10 +413,22 @@ async fn bad_input_gets_problem_json_4xx_and_writes_nothing() {
     let raw = |body: Vec<u8>| {
         let a = f.agent.clone();
         async move {
-            let r = a.http.post(format!("{}/runs", a.base)).bearer_auth(a.access_key.clone().unwrap()).header("content-type", "application/json").body(body).send().await.unwrap();
+            let r = a
+                .http
+                .post(format!("{}/runs", a.base))
+                .bearer_auth(a.access_key.clone().unwrap())
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
             let status = r.status().as_u16();
             let ct = r.headers()["content-type"].to_str().unwrap().to_string();
-            (status, ct, serde_json::from_str::<Value>(&r.text().await.unwrap()).unwrap())
+            (
+                status,
+                ct,
+                serde_json::from_str::<Value>(&r.text().await.unwrap()).unwrap(),
+            )
         }
     };
     let mut wrong_type = f.full_run();
@@ -247,24 +444,67 @@ async fn bad_input_gets_problem_json_4xx_and_writes_nothing() {
         (b"[]".to_vec(), 422, "body"),
         (serde_json::to_vec(&wrong_type).unwrap(), 422, "quote_id"),
         (serde_json::to_vec(&unknown).unwrap(), 422, "surprise"),
-        (serde_json::to_vec(&secret).unwrap(), 422, "evidence.records[0].data.password"),
-        (serde_json::to_vec(&bad_category).unwrap(), 422, "evidence.records[0].category"),
+        (
+            serde_json::to_vec(&secret).unwrap(),
+            422,
+            "evidence.records[0].data.password",
+        ),
+        (
+            serde_json::to_vec(&bad_category).unwrap(),
+            422,
+            "evidence.records[0].category",
+        ),
         (vec![b' '; 300 * 1024], 413, "body"),
     ];
     for (body, status, field) in cases {
         let (s, ct, problem) = raw(body).await;
-        assert_eq!((s, ct.as_str()), (status, "application/problem+json"), "{problem}");
+        assert_eq!(
+            (s, ct.as_str()),
+            (status, "application/problem+json"),
+            "{problem}"
+        );
         assert_eq!(problem["field"], field, "{problem}");
-        assert!(problem["type"].as_str().unwrap().starts_with("https://tokenops.dev/problems/"));
-        assert!(!problem.to_string().contains("hunter2"), "a secret was echoed");
+        assert!(problem["type"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://tokenops.dev/problems/"));
+        assert!(
+            !problem.to_string().contains("hunter2"),
+            "a secret was echoed"
+        );
     }
-    for (method, path) in [("GET", "/runs/run_00000000000000000000000000"), ("GET", "/results/result_nope"), ("GET", "/receipts/nope"), ("GET", "/attestations/att_x"), ("POST", "/runs/run_nope/cancel"), ("GET", "/nowhere")] {
-        let r = f.agent.call(method, path, Some(&json!({})), None).await.unwrap();
-        assert_eq!((r.status, r.content_type.as_str()), (404, "application/problem+json"), "{method} {path}");
+    for (method, path) in [
+        ("GET", "/runs/run_00000000000000000000000000"),
+        ("GET", "/results/result_nope"),
+        ("GET", "/receipts/nope"),
+        ("GET", "/attestations/att_x"),
+        ("POST", "/runs/run_nope/cancel"),
+        ("GET", "/nowhere"),
+    ] {
+        let r = f
+            .agent
+            .call(method, path, Some(&json!({})), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status, r.content_type.as_str()),
+            (404, "application/problem+json"),
+            "{method} {path}"
+        );
     }
-    assert_eq!(f.agent.call("DELETE", "/runs/run_x", None, None).await.unwrap().status, 405);
+    assert_eq!(
+        f.agent
+            .call("DELETE", "/runs/run_x", None, None)
+            .await
+            .unwrap()
+            .status,
+        405
+    );
     // Nothing moved and nothing was written: only reads hit the store.
-    assert_eq!(f.agent.ok("GET", &ent_path, None).await.unwrap()["balances"], before["balances"]);
+    assert_eq!(
+        f.agent.ok("GET", &ent_path, None).await.unwrap()["balances"],
+        before["balances"]
+    );
     assert!(rt.ctx.store.requests() > requests_before);
     let ledger = f.agent.ok("GET", "/ledger", None).await.unwrap();
     assert_eq!(ledger["entries"].as_array().unwrap().len(), 0);
@@ -278,7 +518,11 @@ async fn bad_input_gets_problem_json_4xx_and_writes_nothing() {
 async fn tampered_ledger_entry_and_attestation_are_rejected() {
     let rt = runtime("tamper").await;
     let f = funded_agent(&rt, "tamper-agent", 2).await;
-    let run = f.agent.ok("POST", "/runs", Some(&f.full_run())).await.unwrap();
+    let run = f
+        .agent
+        .ok("POST", "/runs", Some(&f.full_run()))
+        .await
+        .unwrap();
     let done = wait_delivered(&f.agent, run["run_id"].as_str().unwrap()).await;
     let dir = tokenops_tests::temp_dir("tamper-files");
     std::fs::create_dir_all(&dir).unwrap();
@@ -286,14 +530,29 @@ async fn tampered_ledger_entry_and_attestation_are_rejected() {
 
     let mut export = f.agent.ok("GET", "/ledger", None).await.unwrap();
     std::fs::write(p("ledger.json"), export.to_string()).unwrap();
-    assert!(tokenops_local::verify::ledger_export(&p("ledger.json")).unwrap().valid);
+    assert!(
+        tokenops_local::verify::ledger_export(&p("ledger.json"))
+            .unwrap()
+            .valid
+    );
     export["entries"][5]["credits"] = json!(-100);
     std::fs::write(p("ledger-tampered.json"), export.to_string()).unwrap();
     let report = tokenops_local::verify::ledger_export(&p("ledger-tampered.json")).unwrap();
     assert!(!report.valid);
     assert_eq!(report.first_broken.unwrap().seq, 6);
 
-    let att = f.agent.ok("GET", &format!("/attestations/{}", done["objects"]["attestation"][0]["id"].as_str().unwrap()), None).await.unwrap();
+    let att = f
+        .agent
+        .ok(
+            "GET",
+            &format!(
+                "/attestations/{}",
+                done["objects"]["attestation"][0]["id"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await
+        .unwrap();
     let keys = f.agent.ok("GET", "/keys", None).await.unwrap();
     std::fs::write(p("att.json"), att.to_string()).unwrap();
     std::fs::write(p("keys.json"), keys.to_string()).unwrap();
@@ -303,7 +562,8 @@ async fn tampered_ledger_entry_and_attestation_are_rejected() {
     statement["subject"][0]["digest"]["sha256"] = json!("00".repeat(32));
     let mut forged = att.clone();
     use base64::Engine as _;
-    forged["envelope"]["payload"] = json!(base64::engine::general_purpose::STANDARD.encode(statement.to_string()));
+    forged["envelope"]["payload"] =
+        json!(base64::engine::general_purpose::STANDARD.encode(statement.to_string()));
     std::fs::write(p("att-tampered.json"), forged.to_string()).unwrap();
     assert!(tokenops_local::verify::attestation(&p("att-tampered.json"), &p("keys.json")).is_err());
     rt.shutdown().await;
@@ -317,21 +577,79 @@ async fn partial_evidence_opens_an_exception_and_cancel_releases_the_hold() {
     req["evidence"] = partial_evidence(&f.ent_id(), &f.settlement_id());
     let run = f.agent.ok("POST", "/runs", Some(&req)).await.unwrap();
     let run_id = run["run_id"].as_str().unwrap();
-    let waiting = f.agent.wait(&format!("/runs/{run_id}"), Duration::from_secs(30), |r| r["state"] == "exception_open").await.unwrap();
+    let waiting = f
+        .agent
+        .wait(&format!("/runs/{run_id}"), Duration::from_secs(30), |r| {
+            r["state"] == "exception_open"
+        })
+        .await
+        .unwrap();
     assert_eq!(waiting["next_action"], "supply_missing_evidence");
-    let ticket = f.agent.ok("GET", &format!("/exceptions/{}", waiting["objects"]["exception_recovery"][0]["id"].as_str().unwrap()), None).await.unwrap();
+    let ticket = f
+        .agent
+        .ok(
+            "GET",
+            &format!(
+                "/exceptions/{}",
+                waiting["objects"]["exception_recovery"][0]["id"]
+                    .as_str()
+                    .unwrap()
+            ),
+            None,
+        )
+        .await
+        .unwrap();
     assert_eq!(ticket["object_type"], "agent_exception_ticket");
-    assert_eq!(ticket["missing_items"], json!(["matching payment request artifact", "usage receipt tied to credit entitlement"]));
+    assert_eq!(
+        ticket["missing_items"],
+        json!([
+            "matching payment request artifact",
+            "usage receipt tied to credit entitlement"
+        ])
+    );
     assert_eq!(ticket["safe_to_replay"], false);
-    let held = f.agent.ok("GET", &format!("/credit-entitlements/{}", f.ent_id()), None).await.unwrap();
+    let held = f
+        .agent
+        .ok("GET", &format!("/credit-entitlements/{}", f.ent_id()), None)
+        .await
+        .unwrap();
     assert_eq!(held["balances"]["held"], 1);
-    let cancelled = f.agent.ok("POST", &format!("/runs/{run_id}/cancel"), Some(&json!({}))).await.unwrap();
+    let cancelled = f
+        .agent
+        .ok("POST", &format!("/runs/{run_id}/cancel"), Some(&json!({})))
+        .await
+        .unwrap();
     assert_eq!(cancelled["state"], "cancelled");
-    let again = f.agent.call("POST", &format!("/runs/{run_id}/cancel"), Some(&json!({})), None).await.unwrap();
+    let again = f
+        .agent
+        .call(
+            "POST",
+            &format!("/runs/{run_id}/cancel"),
+            Some(&json!({})),
+            None,
+        )
+        .await
+        .unwrap();
     assert_eq!(again.status, 200, "cancel is idempotent");
-    let ent = f.agent.ok("GET", &format!("/credit-entitlements/{}", f.ent_id()), None).await.unwrap();
-    assert_eq!(ent["balances"], json!({"funded": 3, "available": 3, "held": 0, "captured": 0, "released": 1}));
-    let late = f.agent.call("POST", &format!("/runs/{run_id}/evidence"), Some(&json!({"evidence": {}})), None).await.unwrap();
+    let ent = f
+        .agent
+        .ok("GET", &format!("/credit-entitlements/{}", f.ent_id()), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        ent["balances"],
+        json!({"funded": 3, "available": 3, "held": 0, "captured": 0, "released": 1})
+    );
+    let late = f
+        .agent
+        .call(
+            "POST",
+            &format!("/runs/{run_id}/evidence"),
+            Some(&json!({"evidence": {}})),
+            None,
+        )
+        .await
+        .unwrap();
     assert_eq!(late.status, 409);
     rt.shutdown().await;
 }
@@ -341,16 +659,48 @@ async fn failing_callback_is_recorded_and_redelivered_on_request() {
     let rt = runtime("callback").await;
     let f = funded_agent(&rt, "callback-agent", 2).await;
     *f.receiver.fail_first.lock().unwrap() = 100;
-    let run = f.agent.ok("POST", "/runs", Some(&f.full_run())).await.unwrap();
+    let run = f
+        .agent
+        .ok("POST", "/runs", Some(&f.full_run()))
+        .await
+        .unwrap();
     let run_id = run["run_id"].as_str().unwrap();
-    let failed = f.agent.wait(&format!("/runs/{run_id}"), Duration::from_secs(30), |r| r["state"] == "callback_failed" && r["attested"] == true).await.unwrap();
+    let failed = f
+        .agent
+        .wait(&format!("/runs/{run_id}"), Duration::from_secs(30), |r| {
+            r["state"] == "callback_failed" && r["attested"] == true
+        })
+        .await
+        .unwrap();
     assert_eq!(failed["next_action"], "redeliver_callback");
     *f.receiver.fail_first.lock().unwrap() = 0;
-    let record = f.agent.ok("POST", &format!("/runs/{run_id}/callback/redeliver"), Some(&json!({}))).await.unwrap();
+    let record = f
+        .agent
+        .ok(
+            "POST",
+            &format!("/runs/{run_id}/callback/redeliver"),
+            Some(&json!({})),
+        )
+        .await
+        .unwrap();
     assert_eq!(record["status"], "delivered");
-    assert_eq!(record["attempts"].as_array().unwrap().len(), 5, "4 failed attempts + the redelivery, all recorded");
-    let done = f.agent.ok("GET", &format!("/runs/{run_id}"), None).await.unwrap();
-    assert_eq!((done["state"].as_str(), done["next_action"].as_str()), (Some("callback_delivered"), Some("ready_for_downstream_agent")));
+    assert_eq!(
+        record["attempts"].as_array().unwrap().len(),
+        5,
+        "4 failed attempts + the redelivery, all recorded"
+    );
+    let done = f
+        .agent
+        .ok("GET", &format!("/runs/{run_id}"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (done["state"].as_str(), done["next_action"].as_str()),
+        (
+            Some("callback_delivered"),
+            Some("ready_for_downstream_agent")
+        )
+    );
     assert_eq!(f.receiver.verified_for(run_id).len(), 1);
     rt.shutdown().await;
 }

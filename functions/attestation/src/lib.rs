@@ -19,41 +19,82 @@ pub const PREDICATE_TYPE: &str = "https://tokenops.dev/attestation/full-loop/v1"
 pub async fn handle<S: Store>(ctx: &Ctx<S>, req: ApiRequest) -> ApiResponse {
     serve(ctx, req, |call| async move {
         match call.req.operation {
-            "get_keys" => Ok(ApiResponse::json(200, &json!({"keys": [ctx.config.attestation_key.public_key()]}))),
+            "get_keys" => Ok(ApiResponse::json(
+                200,
+                &json!({"keys": [ctx.config.attestation_key.public_key()]}),
+            )),
             "get_attestation" => {
                 let agent = call.caller.agent()?;
-                let id = tokenops::ids::parse_id("att", call.req.param("attestation_id"), "attestation_id")?;
-                Ok(ApiResponse::json(200, &owned_object(&ctx.store, &id, agent, "attestation_id").await?.doc))
+                let id = tokenops::ids::parse_id(
+                    "att",
+                    call.req.param("attestation_id"),
+                    "attestation_id",
+                )?;
+                Ok(ApiResponse::json(
+                    200,
+                    &owned_object(&ctx.store, &id, agent, "attestation_id")
+                        .await?
+                        .doc,
+                ))
             }
-            other => Err(ApiError::internal(format!("attestation does not serve {other}"))),
+            other => Err(ApiError::internal(format!(
+                "attestation does not serve {other}"
+            ))),
         }
     })
     .await
 }
 
-pub async fn run_task<S: Store>(ctx: &Ctx<S>, input: serde_json::Value) -> Result<TaskOutput, TaskError> {
+pub async fn run_task<S: Store>(
+    ctx: &Ctx<S>,
+    input: serde_json::Value,
+) -> Result<TaskOutput, TaskError> {
     let run_id = task_input(&input)?;
     for _ in 0..3 {
         let rec = load(&ctx.store, &run_id).await?;
         let p = &rec.payload;
         if let Some(l) = p.first_link(STAGE) {
-            return Ok(TaskOutput { run_id, stage: STAGE.into(), object_id: l.id.clone(), state: p.state, evidence_status: None });
+            return Ok(TaskOutput {
+                run_id,
+                stage: STAGE.into(),
+                object_id: l.id.clone(),
+                state: p.state,
+                evidence_status: None,
+            });
         }
         let Some(ledger_head) = p.first_link("ledger") else {
-            return Err(TaskError::InvalidTransition { run_id, state: p.state.as_str().into(), stage: STAGE });
+            return Err(TaskError::InvalidTransition {
+                run_id,
+                state: p.state.as_str().into(),
+                stage: STAGE,
+            });
         };
         let mut subject = Vec::new();
-        for (stage, name) in [("tokenops_execution", "tokenops_result_package"), ("result_contract", "result_contract"), ("usage_receipt", "tokenops_usage_receipt"), ("settlement_receipt", "settlement_receipt")] {
-            let l = p.first_link(stage).ok_or_else(|| TaskError::Internal(format!("run has no {stage} object")))?;
-            subject.push(Subject::sha256(&format!("{name}:{}", l.id), l.sha256.as_deref().unwrap_or_default()));
+        for (stage, name) in [
+            ("tokenops_execution", "tokenops_result_package"),
+            ("result_contract", "result_contract"),
+            ("usage_receipt", "tokenops_usage_receipt"),
+            ("settlement_receipt", "settlement_receipt"),
+        ] {
+            let l = p
+                .first_link(stage)
+                .ok_or_else(|| TaskError::Internal(format!("run has no {stage} object")))?;
+            subject.push(Subject::sha256(
+                &format!("{name}:{}", l.id),
+                l.sha256.as_deref().unwrap_or_default(),
+            ));
         }
-        subject.push(Subject::sha256(&format!("ledger_head:{}", ledger_head.id), ledger_head.sha256.as_deref().unwrap_or_default()));
+        subject.push(Subject::sha256(
+            &format!("ledger_head:{}", ledger_head.id),
+            ledger_head.sha256.as_deref().unwrap_or_default(),
+        ));
         let statement = Statement::new(
             subject,
             PREDICATE_TYPE,
             json!({"run_id": run_id, "agent_id": p.agent_id, "loop_type": p.loop_type, "path": p.path, "state": p.state, "credits": p.credits, "attested_at": now_rfc3339()}),
         );
-        let envelope = sign_statement(&statement, &ctx.config.attestation_key).map_err(|e| TaskError::Internal(e.to_string()))?;
+        let envelope = sign_statement(&statement, &ctx.config.attestation_key)
+            .map_err(|e| TaskError::Internal(e.to_string()))?;
         let att = Attestation {
             object_type: "attestation".into(),
             attestation_id: run_object_id("att", &run_id),
@@ -65,10 +106,34 @@ pub async fn run_task<S: Store>(ctx: &Ctx<S>, input: serde_json::Value) -> Resul
         };
         let mut payload = p.clone();
         payload.attested = true;
-        payload.link(STAGE, &att.attestation_id, "attestation", ctx.config.url(&format!("/attestations/{}", att.attestation_id)), tokenops::proof::jcs::digest(&att.envelope).ok());
-        let writes = vec![Write::put(object_item(&att.attestation_id, "attestation", &p.agent_id, Some(&run_id), &att)?), rec.save(payload)?];
+        payload.link(
+            STAGE,
+            &att.attestation_id,
+            "attestation",
+            ctx.config
+                .url(&format!("/attestations/{}", att.attestation_id)),
+            tokenops::proof::jcs::digest(&att.envelope).ok(),
+        );
+        let writes = vec![
+            Write::put(object_item(
+                &att.attestation_id,
+                "attestation",
+                &p.agent_id,
+                Some(&run_id),
+                &att,
+            )?),
+            rec.save(payload)?,
+        ];
         match ctx.store.transact(writes).await {
-            Ok(()) => return Ok(TaskOutput { run_id, stage: STAGE.into(), object_id: att.attestation_id, state: p.state, evidence_status: None }),
+            Ok(()) => {
+                return Ok(TaskOutput {
+                    run_id,
+                    stage: STAGE.into(),
+                    object_id: att.attestation_id,
+                    state: p.state,
+                    evidence_status: None,
+                })
+            }
             Err(StoreError::ConditionFailed) => continue,
             Err(e) => return Err(e.into()),
         }

@@ -17,59 +17,126 @@ use tokenops::store::Store;
 
 pub const STAGE: &str = "callback";
 
-pub async fn handle<S: Store, C: CallbackSender>(ctx: &Ctx<S>, sender: &C, req: ApiRequest) -> ApiResponse {
+pub async fn handle<S: Store, C: CallbackSender>(
+    ctx: &Ctx<S>,
+    sender: &C,
+    req: ApiRequest,
+) -> ApiResponse {
     serve(ctx, req, |call| async move {
         match call.req.operation {
             "redeliver_callback" => redeliver(ctx, sender, call).await,
-            other => Err(ApiError::internal(format!("callback does not serve {other}"))),
+            other => Err(ApiError::internal(format!(
+                "callback does not serve {other}"
+            ))),
         }
     })
     .await
 }
 
-pub async fn run_task<S: Store, C: CallbackSender>(ctx: &Ctx<S>, sender: &C, input: serde_json::Value) -> Result<TaskOutput, TaskError> {
+pub async fn run_task<S: Store, C: CallbackSender>(
+    ctx: &Ctx<S>,
+    sender: &C,
+    input: serde_json::Value,
+) -> Result<TaskOutput, TaskError> {
     let run_id = task_input(&input)?;
     let rec = load(&ctx.store, &run_id).await?;
     if rec.payload.state == RunState::CallbackFailed {
         // Already tried and recorded; only a redelivery request sends again.
-        return Err(TaskError::CallbackDeliveryFailed { attempts: 0, last_error: "run is callback_failed; redeliver on request".into() });
+        return Err(TaskError::CallbackDeliveryFailed {
+            attempts: 0,
+            last_error: "run is callback_failed; redeliver on request".into(),
+        });
     }
-    let out = advance(&ctx.store, &run_id, STAGE, RunState::CallbackDelivered, |rec| async move {
-        let agent = rec.payload.agent_id.clone();
-        let contract: RunContract = owned_object(&ctx.store, &tokenops::ids::run_object_id("rc", &rec.payload.run_id), &agent, "run_id").await?.decode()?;
-        let secret = agent_secret(&ctx.store, &agent).await?;
-        let mut record = match ctx.store.get(&tokenops::store::Key::object(&callback_id(&rec.payload.run_id))).await? {
-            Some(i) => i.decode::<CallbackRecord>()?,
-            None => new_record(ctx, &rec.payload, &contract.callback_url)?,
-        };
-        let delivered = deliver(ctx, sender, &mut record, &secret, &agent).await?;
-        let mut payload = rec.payload.clone();
-        payload.state = if delivered { RunState::CallbackDelivered } else { RunState::CallbackFailed };
-        payload.link(STAGE, &record.callback_id, "callback_delivery", ctx.config.url(&format!("/runs/{}", payload.run_id)), jcs::digest(&record.payload).ok());
-        let writes = vec![tokenops::store::Write::put(record_item(&record, &agent)?)];
-        Ok(Step { object_id: record.callback_id.clone(), payload, writes, evidence_status: None })
-    })
+    let out = advance(
+        &ctx.store,
+        &run_id,
+        STAGE,
+        RunState::CallbackDelivered,
+        |rec| async move {
+            let agent = rec.payload.agent_id.clone();
+            let contract: RunContract = owned_object(
+                &ctx.store,
+                &tokenops::ids::run_object_id("rc", &rec.payload.run_id),
+                &agent,
+                "run_id",
+            )
+            .await?
+            .decode()?;
+            let secret = agent_secret(&ctx.store, &agent).await?;
+            let mut record = match ctx
+                .store
+                .get(&tokenops::store::Key::object(&callback_id(
+                    &rec.payload.run_id,
+                )))
+                .await?
+            {
+                Some(i) => i.decode::<CallbackRecord>()?,
+                None => new_record(ctx, &rec.payload, &contract.callback_url)?,
+            };
+            let delivered = deliver(ctx, sender, &mut record, &secret, &agent).await?;
+            let mut payload = rec.payload.clone();
+            payload.state = if delivered {
+                RunState::CallbackDelivered
+            } else {
+                RunState::CallbackFailed
+            };
+            payload.link(
+                STAGE,
+                &record.callback_id,
+                "callback_delivery",
+                ctx.config.url(&format!("/runs/{}", payload.run_id)),
+                jcs::digest(&record.payload).ok(),
+            );
+            let writes = vec![tokenops::store::Write::put(record_item(&record, &agent)?)];
+            Ok(Step {
+                object_id: record.callback_id.clone(),
+                payload,
+                writes,
+                evidence_status: None,
+            })
+        },
+    )
     .await?;
     if out.state == RunState::CallbackFailed {
         let rec = load(&ctx.store, &run_id).await?;
         let attempts = ctx.config.callback_retry.attempts;
         let _ = rec;
-        return Err(TaskError::CallbackDeliveryFailed { attempts, last_error: "every attempt failed; see the callback record".into() });
+        return Err(TaskError::CallbackDeliveryFailed {
+            attempts,
+            last_error: "every attempt failed; see the callback record".into(),
+        });
     }
     Ok(out)
 }
 
-async fn redeliver<S: Store, C: CallbackSender>(ctx: &Ctx<S>, sender: &C, call: Call) -> Result<ApiResponse, ApiError> {
+async fn redeliver<S: Store, C: CallbackSender>(
+    ctx: &Ctx<S>,
+    sender: &C,
+    call: Call,
+) -> Result<ApiResponse, ApiError> {
     let agent = call.caller.agent()?.to_string();
     let run_id = tokenops::ids::parse_id("run", call.req.param("run_id"), "run_id")?;
     let rec = match tokenops::api::load_run(&ctx.store, &run_id).await? {
         Some(r) if r.payload.agent_id == agent => r,
         _ => return Err(ApiError::not_found("run_id", &run_id)),
     };
-    if !matches!(rec.payload.state, RunState::CallbackDelivered | RunState::CallbackFailed) {
-        return Err(ApiError::conflict("invalid-transition", "state", format!("the callback has not been sent yet (run is {})", rec.payload.state.as_str())));
+    if !matches!(
+        rec.payload.state,
+        RunState::CallbackDelivered | RunState::CallbackFailed
+    ) {
+        return Err(ApiError::conflict(
+            "invalid-transition",
+            "state",
+            format!(
+                "the callback has not been sent yet (run is {})",
+                rec.payload.state.as_str()
+            ),
+        ));
     }
-    let mut record: CallbackRecord = owned_object(&ctx.store, &callback_id(&run_id), &agent, "run_id").await?.decode()?;
+    let mut record: CallbackRecord =
+        owned_object(&ctx.store, &callback_id(&run_id), &agent, "run_id")
+            .await?
+            .decode()?;
     let secret = agent_secret(&ctx.store, &agent).await?;
     let delivered = deliver(ctx, sender, &mut record, &secret, &agent).await?;
     let mut writes = vec![tokenops::store::Write::put(record_item(&record, &agent)?)];
@@ -79,8 +146,15 @@ async fn redeliver<S: Store, C: CallbackSender>(ctx: &Ctx<S>, sender: &C, call: 
         writes.push(rec.save(payload)?);
     }
     match ctx.store.transact(writes).await {
-        Ok(()) => Ok(ApiResponse::json(if delivered { 200 } else { 502 }, &record)),
-        Err(StoreError::ConditionFailed) => Err(ApiError::conflict("concurrent-update", "state", "the run changed concurrently; retry")),
+        Ok(()) => Ok(ApiResponse::json(
+            if delivered { 200 } else { 502 },
+            &record,
+        )),
+        Err(StoreError::ConditionFailed) => Err(ApiError::conflict(
+            "concurrent-update",
+            "state",
+            "the run changed concurrently; retry",
+        )),
         Err(e) => Err(e.into()),
     }
 }

@@ -11,10 +11,17 @@ async fn main() -> Result<(), Error> {
     let sender = &HttpSender::new(std::time::Duration::from_secs(10));
     run(service_fn(move |ev: LambdaEvent<Value>| async move {
         if lambda::is_apigw_v2(&ev.payload) {
-            return Ok(lambda::response_to_apigw_v2(&callback::handle(ctx, sender, lambda::request_from_apigw_v2(&ev.payload)).await));
+            return Ok(lambda::response_to_apigw_v2(
+                &callback::handle(ctx, sender, lambda::request_from_apigw_v2(&ev.payload)).await,
+            ));
         }
-        let out = callback::run_task(ctx, sender, ev.payload).await.map_err(Diagnostic::from)?;
-        serde_json::to_value(out).map_err(|e| Diagnostic { error_type: "Internal".into(), error_message: e.to_string() })
+        let out = callback::run_task(ctx, sender, ev.payload)
+            .await
+            .map_err(Diagnostic::from)?;
+        serde_json::to_value(out).map_err(|e| Diagnostic {
+            error_type: "Internal".into(),
+            error_message: e.to_string(),
+        })
     }))
     .await
 }

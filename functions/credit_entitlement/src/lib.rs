@@ -7,10 +7,12 @@ use tokenops::config::Ctx;
 use tokenops::error::{ApiError, StoreError};
 use tokenops::http::{ApiRequest, ApiResponse};
 use tokenops::ids::{now, now_rfc3339, parse_id, run_object_id};
-use tokenops::model::{Balances, CreditEntitlement, ProviderConfirmation, ProviderRoute, SettlementConfirmation};
+use tokenops::model::{
+    Balances, CreditEntitlement, ProviderConfirmation, ProviderRoute, SettlementConfirmation,
+};
+use tokenops::money;
 use tokenops::proof::webhook;
 use tokenops::store::{Item, Key, Store, Write};
-use tokenops::money;
 
 pub async fn handle<S: Store>(ctx: &Ctx<S>, req: ApiRequest) -> ApiResponse {
     serve(ctx, req, |call| async move {
@@ -18,11 +20,17 @@ pub async fn handle<S: Store>(ctx: &Ctx<S>, req: ApiRequest) -> ApiResponse {
             "provider_confirmation" => confirm(ctx, call).await,
             "get_entitlement" => {
                 let agent = call.caller.agent()?;
-                let id = parse_id("cred", call.req.param("credit_entitlement_id"), "credit_entitlement_id")?;
+                let id = parse_id(
+                    "cred",
+                    call.req.param("credit_entitlement_id"),
+                    "credit_entitlement_id",
+                )?;
                 let item = owned_object(&ctx.store, &id, agent, "credit_entitlement_id").await?;
                 Ok(ApiResponse::json(200, &entitlement_view(&item)?))
             }
-            other => Err(ApiError::internal(format!("credit_entitlement does not serve {other}"))),
+            other => Err(ApiError::internal(format!(
+                "credit_entitlement does not serve {other}"
+            ))),
         }
     })
     .await
@@ -44,26 +52,68 @@ pub fn entitlement_view(item: &Item) -> Result<CreditEntitlement, StoreError> {
 
 async fn confirm<S: Store>(ctx: &Ctx<S>, call: Call) -> Result<ApiResponse, ApiError> {
     let provider = call.req.param("provider").to_string();
-    let secret = ctx.config.provider_secrets.get(&provider).ok_or_else(|| ApiError::not_found("provider", &provider))?;
-    let h = |n: &str| call.req.header(n).ok_or_else(|| ApiError::unauthorized(&format!("missing {n} header")));
-    let ts: i64 = h(webhook::HEADER_TIMESTAMP)?.parse().map_err(|_| ApiError::bad_request(webhook::HEADER_TIMESTAMP, "must be unix seconds"))?;
-    webhook::verify(secret, h(webhook::HEADER_ID)?, ts, h(webhook::HEADER_SIGNATURE)?, &call.req.body, now().unix_timestamp(), webhook::DEFAULT_TOLERANCE_SECS)
-        .map_err(|e| ApiError::new(401, "bad-provider-signature", "Provider signature rejected", e.to_string(), Some(webhook::HEADER_SIGNATURE)))?;
+    let secret = ctx
+        .config
+        .provider_secrets
+        .get(&provider)
+        .ok_or_else(|| ApiError::not_found("provider", &provider))?;
+    let h = |n: &str| {
+        call.req
+            .header(n)
+            .ok_or_else(|| ApiError::unauthorized(&format!("missing {n} header")))
+    };
+    let ts: i64 = h(webhook::HEADER_TIMESTAMP)?
+        .parse()
+        .map_err(|_| ApiError::bad_request(webhook::HEADER_TIMESTAMP, "must be unix seconds"))?;
+    webhook::verify(
+        secret,
+        h(webhook::HEADER_ID)?,
+        ts,
+        h(webhook::HEADER_SIGNATURE)?,
+        &call.req.body,
+        now().unix_timestamp(),
+        webhook::DEFAULT_TOLERANCE_SECS,
+    )
+    .map_err(|e| {
+        ApiError::new(
+            401,
+            "bad-provider-signature",
+            "Provider signature rejected",
+            e.to_string(),
+            Some(webhook::HEADER_SIGNATURE),
+        )
+    })?;
     let c: ProviderConfirmation = call.req.json()?;
-    let sid = parse_id("stl", &c.settlement_reference, "settlement_reference").map_err(|_| ApiError::invalid("settlement_reference", "unknown settlement reference"))?;
-    let route_item = ctx.store.get(&Key::object(&sid)).await?.ok_or_else(|| ApiError::invalid("settlement_reference", "unknown settlement reference"))?;
+    let sid = parse_id("stl", &c.settlement_reference, "settlement_reference")
+        .map_err(|_| ApiError::invalid("settlement_reference", "unknown settlement reference"))?;
+    let route_item =
+        ctx.store.get(&Key::object(&sid)).await?.ok_or_else(|| {
+            ApiError::invalid("settlement_reference", "unknown settlement reference")
+        })?;
     let route: ProviderRoute = route_item.decode()?;
     if route.provider != provider {
-        return Err(ApiError::invalid("settlement_reference", "settlement belongs to another provider"));
+        return Err(ApiError::invalid(
+            "settlement_reference",
+            "settlement belongs to another provider",
+        ));
     }
     if c.payment_request_id != route.payment_request.payment_request_id {
-        return Err(ApiError::invalid("payment_request_id", "does not match the settlement's payment request"));
+        return Err(ApiError::invalid(
+            "payment_request_id",
+            "does not match the settlement's payment request",
+        ));
     }
     if c.amount_credits != route.credits {
-        return Err(ApiError::invalid("amount_credits", format!("expected {} credits", route.credits)));
+        return Err(ApiError::invalid(
+            "amount_credits",
+            format!("expected {} credits", route.credits),
+        ));
     }
     if c.status != "paid" {
-        return Err(ApiError::invalid("status", "only 'paid' confirmations fund an entitlement"));
+        return Err(ApiError::invalid(
+            "status",
+            "only 'paid' confirmations fund an entitlement",
+        ));
     }
     let owner = route.agent_id.clone();
     let ent_id = route.credit_entitlement_id.clone();
@@ -82,8 +132,20 @@ async fn confirm<S: Store>(ctx: &Ctx<S>, call: Call) -> Result<ApiResponse, ApiE
     let mut confirmed_route = route.clone();
     confirmed_route.status = "confirmed".into();
     confirmed_route.payment_request.status = "paid".into();
-    writes.push(Write::create(object_item(&confirmation.confirmation_id, "settlement_confirmation", &owner, None, &confirmation)?));
-    writes.push(Write::put(object_item(&sid, "provider_route", &owner, None, &confirmed_route)?));
+    writes.push(Write::create(object_item(
+        &confirmation.confirmation_id,
+        "settlement_confirmation",
+        &owner,
+        None,
+        &confirmation,
+    )?));
+    writes.push(Write::put(object_item(
+        &sid,
+        "provider_route",
+        &owner,
+        None,
+        &confirmed_route,
+    )?));
     match ctx.store.transact(writes).await {
         Ok(()) => {
             tracing::info!(settlement_id = %sid, credit_entitlement_id = %ent_id, "entitlement funded");
@@ -91,7 +153,17 @@ async fn confirm<S: Store>(ctx: &Ctx<S>, call: Call) -> Result<ApiResponse, ApiE
         }
         // A redelivered confirmation: the transfer exists, nothing moves again.
         Err(StoreError::ConditionFailed) => {
-            let existing = ctx.store.get(&Key::object(&confirmation.confirmation_id)).await?.ok_or_else(|| ApiError::conflict("concurrent-update", "settlement_reference", "confirmation in progress; retry"))?;
+            let existing = ctx
+                .store
+                .get(&Key::object(&confirmation.confirmation_id))
+                .await?
+                .ok_or_else(|| {
+                    ApiError::conflict(
+                        "concurrent-update",
+                        "settlement_reference",
+                        "confirmation in progress; retry",
+                    )
+                })?;
             Ok(ApiResponse::json(200, &existing.doc))
         }
         Err(e) => Err(e.into()),

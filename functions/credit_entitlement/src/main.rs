@@ -7,5 +7,10 @@ use tokenops::lambda;
 async fn main() -> Result<(), Error> {
     lambda::init_logging();
     let ctx = &lambda::ctx_from_env().await?;
-    run(service_fn(move |req: Request| async move { Ok::<_, Error>(lambda::response_to_http(credit_entitlement::handle(ctx, lambda::request_from_http(req)).await)) })).await
+    run(service_fn(move |req: Request| async move {
+        Ok::<_, Error>(lambda::response_to_http(
+            credit_entitlement::handle(ctx, lambda::request_from_http(req)).await,
+        ))
+    }))
+    .await
 }

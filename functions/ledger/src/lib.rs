@@ -17,14 +17,27 @@ use tokenops::store::{Cond, Item, Key, Store, Write};
 pub const STAGE: &str = "ledger";
 
 /// The run objects that enter the ledger, in path order.
-const LEDGERED: &[&str] = &["run_contract", "queue", "tokenops_execution", "result_contract", "settlement_receipt", "usage_receipt", "callback"];
+const LEDGERED: &[&str] = &[
+    "run_contract",
+    "queue",
+    "tokenops_execution",
+    "result_contract",
+    "settlement_receipt",
+    "usage_receipt",
+    "callback",
+];
 
 fn head_key(agent: &str) -> Key {
     Key::new(format!("LEDGER#{agent}"), "HEAD")
 }
 
 pub async fn entries<S: Store>(store: &S, agent: &str) -> Result<Vec<LedgerEntry>, StoreError> {
-    store.query(&format!("LEDGER#{agent}"), "E#", None).await?.iter().map(|i| i.decode()).collect()
+    store
+        .query(&format!("LEDGER#{agent}"), "E#", None)
+        .await?
+        .iter()
+        .map(|i| i.decode())
+        .collect()
 }
 
 pub async fn handle<S: Store>(ctx: &Ctx<S>, req: ApiRequest) -> ApiResponse {
@@ -38,25 +51,47 @@ pub async fn handle<S: Store>(ctx: &Ctx<S>, req: ApiRequest) -> ApiResponse {
                     Some(r) => all.iter().filter(|e| &e.run_id == r).collect(),
                     None => all.iter().collect(),
                 };
-                Ok(ApiResponse::json(200, &json!({"chain_id": agent, "head_hash": head, "entries": shown})))
+                Ok(ApiResponse::json(
+                    200,
+                    &json!({"chain_id": agent, "head_hash": head, "entries": shown}),
+                ))
             }
-            "verify_ledger" => Ok(ApiResponse::json(200, &verify_chain(&entries(&ctx.store, &agent).await?))),
+            "verify_ledger" => Ok(ApiResponse::json(
+                200,
+                &verify_chain(&entries(&ctx.store, &agent).await?),
+            )),
             other => Err(ApiError::internal(format!("ledger does not serve {other}"))),
         }
     })
     .await
 }
 
-pub async fn run_task<S: Store>(ctx: &Ctx<S>, input: serde_json::Value) -> Result<TaskOutput, TaskError> {
+pub async fn run_task<S: Store>(
+    ctx: &Ctx<S>,
+    input: serde_json::Value,
+) -> Result<TaskOutput, TaskError> {
     let run_id = task_input(&input)?;
     for _ in 0..20 {
         let rec = load(&ctx.store, &run_id).await?;
         let p = &rec.payload;
         if let Some(l) = p.first_link(STAGE) {
-            return Ok(TaskOutput { run_id, stage: STAGE.into(), object_id: l.id.clone(), state: p.state, evidence_status: None });
+            return Ok(TaskOutput {
+                run_id,
+                stage: STAGE.into(),
+                object_id: l.id.clone(),
+                state: p.state,
+                evidence_status: None,
+            });
         }
-        if !matches!(p.state, RunState::CallbackDelivered | RunState::CallbackFailed) {
-            return Err(TaskError::InvalidTransition { run_id, state: p.state.as_str().into(), stage: STAGE });
+        if !matches!(
+            p.state,
+            RunState::CallbackDelivered | RunState::CallbackFailed
+        ) {
+            return Err(TaskError::InvalidTransition {
+                run_id,
+                state: p.state.as_str().into(),
+                stage: STAGE,
+            });
         }
         let agent = p.agent_id.clone();
         let head = ctx.store.get(&head_key(&agent)).await?;
@@ -64,7 +99,9 @@ pub async fn run_task<S: Store>(ctx: &Ctx<S>, input: serde_json::Value) -> Resul
         let mut writes = Vec::new();
         let mut new_entries = Vec::new();
         for stage in LEDGERED {
-            let Some(l) = p.first_link(stage) else { continue };
+            let Some(l) = p.first_link(stage) else {
+                continue;
+            };
             let credits = (*stage == "usage_receipt").then_some(-p.credits);
             let seq = prev.as_ref().map(|e| e.seq + 1).unwrap_or(1);
             let draft = EntryDraft {
@@ -78,23 +115,51 @@ pub async fn run_task<S: Store>(ctx: &Ctx<S>, input: serde_json::Value) -> Resul
                 recorded_at: now_rfc3339(),
             };
             let e = link(prev.as_ref(), draft).map_err(|e| TaskError::Internal(e.to_string()))?;
-            writes.push(Write::create(Item::of(Key::new(format!("LEDGER#{agent}"), format!("E#{:020}", e.seq)), "ledger_entry", Some(&agent), &e)?));
+            writes.push(Write::create(Item::of(
+                Key::new(format!("LEDGER#{agent}"), format!("E#{:020}", e.seq)),
+                "ledger_entry",
+                Some(&agent),
+                &e,
+            )?));
             new_entries.push(e.clone());
             prev = Some(e);
         }
-        let Some(last) = prev.clone() else { return Err(TaskError::Internal("nothing to ledger".into())) };
+        let Some(last) = prev.clone() else {
+            return Err(TaskError::Internal("nothing to ledger".into()));
+        };
         let head_cond = match &head {
             Some(h) => vec![Cond::NumEq("seq".into(), h.get_num("seq"))],
             None => vec![Cond::NotExists],
         };
-        writes.push(Write::put_if(Item::of(head_key(&agent), "ledger_head", Some(&agent), &last)?.num("seq", last.seq as i64), head_cond));
+        writes.push(Write::put_if(
+            Item::of(head_key(&agent), "ledger_head", Some(&agent), &last)?
+                .num("seq", last.seq as i64),
+            head_cond,
+        ));
         let mut payload = p.clone();
-        payload.link(STAGE, &last.entry_id, "ledger_entry", ctx.config.url(&format!("/ledger?run_id={run_id}")), Some(last.entry_hash.clone()));
+        payload.link(
+            STAGE,
+            &last.entry_id,
+            "ledger_entry",
+            ctx.config.url(&format!("/ledger?run_id={run_id}")),
+            Some(last.entry_hash.clone()),
+        );
         writes.push(rec.save(payload)?);
         match ctx.store.transact(writes).await {
             Ok(()) => {
-                tracing::info!(run_id, entries = new_entries.len(), head_seq = last.seq, "ledger appended");
-                return Ok(TaskOutput { run_id, stage: STAGE.into(), object_id: last.entry_id, state: rec.payload.state, evidence_status: None });
+                tracing::info!(
+                    run_id,
+                    entries = new_entries.len(),
+                    head_seq = last.seq,
+                    "ledger appended"
+                );
+                return Ok(TaskOutput {
+                    run_id,
+                    stage: STAGE.into(),
+                    object_id: last.entry_id,
+                    state: rec.payload.state,
+                    evidence_status: None,
+                });
             }
             // Another run of this agent advanced the head (or this run was ledgered): re-read.
             Err(StoreError::ConditionFailed) => {
@@ -108,5 +173,10 @@ pub async fn run_task<S: Store>(ctx: &Ctx<S>, input: serde_json::Value) -> Resul
 }
 
 fn rand_jitter() -> u64 {
-    (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0) % 20) as u64 + 1
+    (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+        % 20) as u64
+        + 1
 }

@@ -7,7 +7,9 @@ use tokenops::config::Ctx;
 use tokenops::error::ApiError;
 use tokenops::http::{ApiRequest, ApiResponse};
 use tokenops::ids::{new_id, now_rfc3339, random_token, run_object_id};
-use tokenops::model::{AgentManifest, AgentView, OnboardingRecord, OnboardingResponse, TrustProfile};
+use tokenops::model::{
+    AgentManifest, AgentView, OnboardingRecord, OnboardingResponse, TrustProfile,
+};
 use tokenops::store::{Item, Key, Store, Write};
 use tokenops::{manifest, model, rules};
 
@@ -16,13 +18,24 @@ pub async fn handle<S: Store>(ctx: &Ctx<S>, req: ApiRequest) -> ApiResponse {
         match call.req.operation {
             "create_agent" => create_agent(ctx, call).await,
             "get_agent" => get_agent(ctx, call).await,
-            "manifest" => Ok(ApiResponse::json(200, &manifest::manifest(&ctx.config.public_base_url))),
-            "openapi" => Ok(ApiResponse::json(200, &manifest::openapi(&ctx.config.public_base_url))),
+            "manifest" => Ok(ApiResponse::json(
+                200,
+                &manifest::manifest(&ctx.config.public_base_url),
+            )),
+            "openapi" => Ok(ApiResponse::json(
+                200,
+                &manifest::openapi(&ctx.config.public_base_url),
+            )),
             "schema" => {
                 let name = call.req.param("object");
-                model::schemas().remove(name).map(|s| ApiResponse::json(200, &s)).ok_or_else(|| ApiError::not_found("object", name))
+                model::schemas()
+                    .remove(name)
+                    .map(|s| ApiResponse::json(200, &s))
+                    .ok_or_else(|| ApiError::not_found("object", name))
             }
-            other => Err(ApiError::internal(format!("onboarding does not serve {other}"))),
+            other => Err(ApiError::internal(format!(
+                "onboarding does not serve {other}"
+            ))),
         }
     })
     .await
@@ -35,7 +48,11 @@ async fn create_agent<S: Store>(ctx: &Ctx<S>, call: Call) -> Result<ApiResponse,
     let agent_id = new_id("agent");
     let trust_profile_id = run_object_id("trust", &agent_id);
     let claim_token = random_token("claim");
-    let status = if passed { "trust_review_passed" } else { "trust_review_failed" };
+    let status = if passed {
+        "trust_review_passed"
+    } else {
+        "trust_review_failed"
+    };
     let now = now_rfc3339();
     let record = OnboardingRecord {
         object_type: "agent_onboarding".into(),
@@ -60,19 +77,39 @@ async fn create_agent<S: Store>(ctx: &Ctx<S>, call: Call) -> Result<ApiResponse,
         .attr("claim_hash", sha256_hex(claim_token.as_bytes()))
         .attr("claimed", "false")
         .attr("trust_status", profile.status.clone());
-    let writes = vec![Write::create(agent_item), Write::create(object_item(&trust_profile_id, "trust_profile", &agent_id, None, &profile)?)];
+    let writes = vec![
+        Write::create(agent_item),
+        Write::create(object_item(
+            &trust_profile_id,
+            "trust_profile",
+            &agent_id,
+            None,
+            &profile,
+        )?),
+    ];
     let body = OnboardingResponse {
         agent_id: agent_id.clone(),
         onboarding_status: status.into(),
         trust_profile_id,
         claim_token,
         links: [
-            ("agent".to_string(), ctx.config.url(&format!("/agents/{agent_id}"))),
-            ("credentials".to_string(), ctx.config.url(&format!("/agents/{agent_id}/credentials"))),
+            (
+                "agent".to_string(),
+                ctx.config.url(&format!("/agents/{agent_id}")),
+            ),
+            (
+                "credentials".to_string(),
+                ctx.config.url(&format!("/agents/{agent_id}/credentials")),
+            ),
         ]
         .into(),
     };
-    Ok(commit(&ctx.store, call.idem.as_ref(), Commit::new(201, &body, writes)).await?)
+    Ok(commit(
+        &ctx.store,
+        call.idem.as_ref(),
+        Commit::new(201, &body, writes),
+    )
+    .await?)
 }
 
 async fn get_agent<S: Store>(ctx: &Ctx<S>, call: Call) -> Result<ApiResponse, ApiError> {
@@ -80,8 +117,26 @@ async fn get_agent<S: Store>(ctx: &Ctx<S>, call: Call) -> Result<ApiResponse, Ap
     if call.caller.agent()? != id {
         return Err(ApiError::not_found("agent_id", id));
     }
-    let item = ctx.store.get(&Key::agent(id)).await?.ok_or_else(|| ApiError::not_found("agent_id", id))?;
+    let item = ctx
+        .store
+        .get(&Key::agent(id))
+        .await?
+        .ok_or_else(|| ApiError::not_found("agent_id", id))?;
     let onboarding: OnboardingRecord = item.decode()?;
-    let profile: TrustProfile = tokenops::api::owned_object(&ctx.store, &onboarding.trust_profile_id, id, "trust_profile_id").await?.decode()?;
-    Ok(ApiResponse::json(200, &AgentView { agent_id: id.into(), onboarding, trust_profile: profile }))
+    let profile: TrustProfile = tokenops::api::owned_object(
+        &ctx.store,
+        &onboarding.trust_profile_id,
+        id,
+        "trust_profile_id",
+    )
+    .await?
+    .decode()?;
+    Ok(ApiResponse::json(
+        200,
+        &AgentView {
+            agent_id: id.into(),
+            onboarding,
+            trust_profile: profile,
+        },
+    ))
 }

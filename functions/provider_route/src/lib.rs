@@ -7,21 +7,34 @@ use tokenops::config::Ctx;
 use tokenops::error::ApiError;
 use tokenops::http::{ApiRequest, ApiResponse};
 use tokenops::ids::{new_id, now, now_rfc3339, parse_id, parse_rfc3339, run_object_id};
-use tokenops::model::{Balances, CreditEntitlement, PaymentRequest, ProviderRoute, Quote, SettlementRequest};
+use tokenops::model::{
+    Balances, CreditEntitlement, PaymentRequest, ProviderRoute, Quote, SettlementRequest,
+};
 use tokenops::ports::SettlementProvider;
 use tokenops::provider::PROVIDERS;
 use tokenops::store::{Store, Write};
 
-pub async fn handle<S: Store, P: SettlementProvider>(ctx: &Ctx<S>, provider: &P, req: ApiRequest) -> ApiResponse {
+pub async fn handle<S: Store, P: SettlementProvider>(
+    ctx: &Ctx<S>,
+    provider: &P,
+    req: ApiRequest,
+) -> ApiResponse {
     serve(ctx, req, |call| async move {
         match call.req.operation {
             "create_settlement" => create(ctx, provider, call).await,
             "get_settlement" => {
                 let agent = call.caller.agent()?;
                 let id = parse_id("stl", call.req.param("settlement_id"), "settlement_id")?;
-                Ok(ApiResponse::json(200, &owned_object(&ctx.store, &id, agent, "settlement_id").await?.doc))
+                Ok(ApiResponse::json(
+                    200,
+                    &owned_object(&ctx.store, &id, agent, "settlement_id")
+                        .await?
+                        .doc,
+                ))
             }
-            other => Err(ApiError::internal(format!("provider_route does not serve {other}"))),
+            other => Err(ApiError::internal(format!(
+                "provider_route does not serve {other}"
+            ))),
         }
     })
     .await
@@ -31,22 +44,47 @@ pub async fn handle<S: Store, P: SettlementProvider>(ctx: &Ctx<S>, provider: &P,
 pub fn check_quote_live(q: &Quote) -> Result<(), ApiError> {
     match parse_rfc3339(&q.expires_at) {
         Some(t) if t > now() => Ok(()),
-        _ => Err(ApiError::new(422, "quote-expired", "Quote expired", format!("quote {} expired at {}", q.quote_id, q.expires_at), Some("quote_id"))),
+        _ => Err(ApiError::new(
+            422,
+            "quote-expired",
+            "Quote expired",
+            format!("quote {} expired at {}", q.quote_id, q.expires_at),
+            Some("quote_id"),
+        )),
     }
 }
 
-async fn create<S: Store, P: SettlementProvider>(ctx: &Ctx<S>, provider: &P, call: Call) -> Result<ApiResponse, ApiError> {
+async fn create<S: Store, P: SettlementProvider>(
+    ctx: &Ctx<S>,
+    provider: &P,
+    call: Call,
+) -> Result<ApiResponse, ApiError> {
     let agent = call.caller.agent()?.to_string();
     let r: SettlementRequest = call.req.json()?;
-    let quote_id = parse_id("quote", &r.quote_id, "quote_id").map_err(|_| ApiError::invalid("quote_id", "not a quote id"))?;
-    let quote: Quote = owned_object(&ctx.store, &quote_id, &agent, "quote_id").await?.decode()?;
+    let quote_id = parse_id("quote", &r.quote_id, "quote_id")
+        .map_err(|_| ApiError::invalid("quote_id", "not a quote id"))?;
+    let quote: Quote = owned_object(&ctx.store, &quote_id, &agent, "quote_id")
+        .await?
+        .decode()?;
     check_quote_live(&quote)?;
     if !PROVIDERS.contains(&r.provider.as_str()) {
-        return Err(ApiError::invalid("provider", format!("unknown provider '{}'; available: {PROVIDERS:?}", r.provider.chars().take(40).collect::<String>())));
+        return Err(ApiError::invalid(
+            "provider",
+            format!(
+                "unknown provider '{}'; available: {PROVIDERS:?}",
+                r.provider.chars().take(40).collect::<String>()
+            ),
+        ));
     }
     let credits = r.credits.unwrap_or(quote.price_credits);
     if credits < quote.price_credits || credits > 100_000 {
-        return Err(ApiError::invalid("credits", format!("credits must be between the quote's price ({}) and 100000", quote.price_credits)));
+        return Err(ApiError::invalid(
+            "credits",
+            format!(
+                "credits must be between the quote's price ({}) and 100000",
+                quote.price_credits
+            ),
+        ));
     }
     let settlement_id = new_id("stl");
     let ent_id = run_object_id("cred", &settlement_id);
@@ -64,7 +102,9 @@ async fn create<S: Store, P: SettlementProvider>(ctx: &Ctx<S>, provider: &P, cal
             settlement_reference: settlement_id.clone(),
             amount_credits: credits,
             status: "awaiting_confirmation".into(),
-            confirmation_endpoint: ctx.config.url(&format!("/providers/{}/confirmations", r.provider)),
+            confirmation_endpoint: ctx
+                .config
+                .url(&format!("/providers/{}/confirmations", r.provider)),
         },
         credit_entitlement_id: ent_id.clone(),
         status: "awaiting_confirmation".into(),
@@ -81,14 +121,31 @@ async fn create<S: Store, P: SettlementProvider>(ctx: &Ctx<S>, provider: &P, cal
         balances: Balances::default(),
         created_at: now_rfc3339(),
     };
-    let mut ent_item = object_item(&ent_id, "credit_entitlement", &agent, None, &ent)?.attr("status", "awaiting_funding");
+    let mut ent_item = object_item(&ent_id, "credit_entitlement", &agent, None, &ent)?
+        .attr("status", "awaiting_funding");
     for n in ["funded", "available", "held", "captured", "released"] {
         ent_item = ent_item.num(n, 0);
     }
-    let writes = vec![Write::create(object_item(&settlement_id, "provider_route", &agent, None, &route)?), Write::create(ent_item)];
-    let resp = commit(&ctx.store, call.idem.as_ref(), Commit::new(201, &route, writes)).await?;
+    let writes = vec![
+        Write::create(object_item(
+            &settlement_id,
+            "provider_route",
+            &agent,
+            None,
+            &route,
+        )?),
+        Write::create(ent_item),
+    ];
+    let resp = commit(
+        &ctx.store,
+        call.idem.as_ref(),
+        Commit::new(201, &route, writes),
+    )
+    .await?;
     if resp.header("idempotent-replayed").is_none() {
-        provider.request_payment(&route).await.map_err(|e| ApiError::unavailable(format!("provider did not accept the payment request: {e}")))?;
+        provider.request_payment(&route).await.map_err(|e| {
+            ApiError::unavailable(format!("provider did not accept the payment request: {e}"))
+        })?;
     }
     Ok(resp)
 }

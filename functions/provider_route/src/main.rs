@@ -7,7 +7,21 @@ use tokenops::{lambda, provider::TestProvider};
 async fn main() -> Result<(), Error> {
     lambda::init_logging();
     let ctx = &lambda::ctx_from_env().await?;
-    let secret = ctx.config.provider_secrets.get(tokenops::provider::TEST_PROVIDER).cloned().unwrap_or_default();
-    let provider = &TestProvider::new(&ctx.config.public_base_url, &secret, std::time::Duration::from_secs(1));
-    run(service_fn(move |req: Request| async move { Ok::<_, Error>(lambda::response_to_http(provider_route::handle(ctx, provider, lambda::request_from_http(req)).await)) })).await
+    let secret = ctx
+        .config
+        .provider_secrets
+        .get(tokenops::provider::TEST_PROVIDER)
+        .cloned()
+        .unwrap_or_default();
+    let provider = &TestProvider::new(
+        &ctx.config.public_base_url,
+        &secret,
+        std::time::Duration::from_secs(1),
+    );
+    run(service_fn(move |req: Request| async move {
+        Ok::<_, Error>(lambda::response_to_http(
+            provider_route::handle(ctx, provider, lambda::request_from_http(req)).await,
+        ))
+    }))
+    .await
 }

@@ -22,14 +22,26 @@ fn heartbeat_key() -> Key {
     Key::new("QUEUE#heartbeat", "HEARTBEAT")
 }
 
-pub async fn handle<S: Store, Q: RunQueue>(ctx: &Ctx<S>, queue: &Q, req: ApiRequest) -> ApiResponse {
+pub async fn handle<S: Store, Q: RunQueue>(
+    ctx: &Ctx<S>,
+    queue: &Q,
+    req: ApiRequest,
+) -> ApiResponse {
     serve(ctx, req, |call| async move {
         match call.req.operation {
             "queue_monitor" => {
                 call.caller.agent()?;
                 let stats = queue.stats().await?;
-                let hb = ctx.store.get(&heartbeat_key()).await?.map(|i| i.doc).unwrap_or(serde_json::Value::Null);
-                Ok(ApiResponse::json(200, &json!({"queue": stats, "consumer_heartbeat": hb})))
+                let hb = ctx
+                    .store
+                    .get(&heartbeat_key())
+                    .await?
+                    .map(|i| i.doc)
+                    .unwrap_or(serde_json::Value::Null);
+                Ok(ApiResponse::json(
+                    200,
+                    &json!({"queue": stats, "consumer_heartbeat": hb}),
+                ))
             }
             other => Err(ApiError::internal(format!("queue does not serve {other}"))),
         }
@@ -39,15 +51,25 @@ pub async fn handle<S: Store, Q: RunQueue>(ctx: &Ctx<S>, queue: &Q, req: ApiRequ
 
 /// Handles one message. `Ok` means the message may be deleted (done, or nothing to do);
 /// `Err` leaves it for redelivery (and, after enough receives, the dead-letter queue).
-pub async fn dispatch<S: Store, O: Orchestrator>(ctx: &Ctx<S>, orch: &O, d: &Delivery) -> Result<String, TaskError> {
+pub async fn dispatch<S: Store, O: Orchestrator>(
+    ctx: &Ctx<S>,
+    orch: &O,
+    d: &Delivery,
+) -> Result<String, TaskError> {
     let msg: &RunMessage = &d.body;
-    let run_id = tokenops::ids::parse_id("run", &msg.run_id, "run_id").map_err(|_| TaskError::BadInput(format!("message {} has no valid run_id", d.message_id)))?;
+    let run_id = tokenops::ids::parse_id("run", &msg.run_id, "run_id").map_err(|_| {
+        TaskError::BadInput(format!("message {} has no valid run_id", d.message_id))
+    })?;
     let name = msg.execution_name();
     if msg.replay == 0 {
         let rec = load(&ctx.store, &run_id).await?;
         match rec.payload.state.check(RunState::Dispatched) {
             Transition::Refused => {
-                tracing::info!(run_id, state = rec.payload.state.as_str(), "run not dispatchable; message dropped");
+                tracing::info!(
+                    run_id,
+                    state = rec.payload.state.as_str(),
+                    "run not dispatchable; message dropped"
+                );
                 return Ok("dropped".into());
             }
             Transition::Go => {
@@ -68,9 +90,26 @@ pub async fn dispatch<S: Store, O: Orchestrator>(ctx: &Ctx<S>, orch: &O, d: &Del
                         };
                         let mut payload = rec.payload.clone();
                         payload.state = RunState::Dispatched;
-                        payload.link(STAGE, &qs.queue_state_id, "queue_state", ctx.config.url(&format!("/runs/{}", qs.run_id)), jcs::digest(&qs).ok());
-                        let writes = vec![Write::create(object_item(&qs.queue_state_id, "queue_state", &payload.agent_id, Some(&qs.run_id), &qs)?)];
-                        Ok(Step { object_id: qs.queue_state_id, payload, writes, evidence_status: None })
+                        payload.link(
+                            STAGE,
+                            &qs.queue_state_id,
+                            "queue_state",
+                            ctx.config.url(&format!("/runs/{}", qs.run_id)),
+                            jcs::digest(&qs).ok(),
+                        );
+                        let writes = vec![Write::create(object_item(
+                            &qs.queue_state_id,
+                            "queue_state",
+                            &payload.agent_id,
+                            Some(&qs.run_id),
+                            &qs,
+                        )?)];
+                        Ok(Step {
+                            object_id: qs.queue_state_id,
+                            payload,
+                            writes,
+                            evidence_status: None,
+                        })
                     }
                 })
                 .await?;
@@ -89,7 +128,12 @@ pub async fn dispatch<S: Store, O: Orchestrator>(ctx: &Ctx<S>, orch: &O, d: &Del
 }
 
 /// Processes a batch; returns the message ids that failed (SQS partial batch response).
-pub async fn process_batch<S: Store, Q: RunQueue, O: Orchestrator>(ctx: &Ctx<S>, queue: &Q, orch: &O, batch: Vec<Delivery>) -> Vec<String> {
+pub async fn process_batch<S: Store, Q: RunQueue, O: Orchestrator>(
+    ctx: &Ctx<S>,
+    queue: &Q,
+    orch: &O,
+    batch: Vec<Delivery>,
+) -> Vec<String> {
     let mut failed = Vec::new();
     let n = batch.len();
     for d in batch {
@@ -107,10 +151,14 @@ pub async fn process_batch<S: Store, Q: RunQueue, O: Orchestrator>(ctx: &Ctx<S>,
             }
         }
     }
-    let hb = Item::new(heartbeat_key(), "heartbeat", None, json!({"at": now_rfc3339(), "last_batch": n}));
+    let hb = Item::new(
+        heartbeat_key(),
+        "heartbeat",
+        None,
+        json!({"at": now_rfc3339(), "last_batch": n}),
+    );
     if let Err(e) = ctx.store.transact(vec![Write::put(hb)]).await {
         tracing::warn!(error = %e, "heartbeat not written");
     }
     failed
 }
-

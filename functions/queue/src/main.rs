@@ -15,7 +15,9 @@ async fn main() -> Result<(), Error> {
     let monitor = &StoreQueue::new(ctx.store.clone(), "runs", 30, 5);
     run(service_fn(move |ev: LambdaEvent<Value>| async move {
         if lambda::is_apigw_v2(&ev.payload) {
-            return Ok::<_, Diagnostic>(lambda::response_to_apigw_v2(&queue::handle(ctx, monitor, lambda::request_from_apigw_v2(&ev.payload)).await));
+            return Ok::<_, Diagnostic>(lambda::response_to_apigw_v2(
+                &queue::handle(ctx, monitor, lambda::request_from_apigw_v2(&ev.payload)).await,
+            ));
         }
         let mut failures = Vec::new();
         for d in lambda::sqs_deliveries(&ev.payload) {

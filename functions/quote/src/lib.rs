@@ -16,7 +16,10 @@ pub async fn handle<S: Store>(ctx: &Ctx<S>, req: ApiRequest) -> ApiResponse {
             "get_quote" => {
                 let agent = call.caller.agent()?;
                 let id = tokenops::ids::parse_id("quote", call.req.param("quote_id"), "quote_id")?;
-                Ok(ApiResponse::json(200, &owned_object(&ctx.store, &id, agent, "quote_id").await?.doc))
+                Ok(ApiResponse::json(
+                    200,
+                    &owned_object(&ctx.store, &id, agent, "quote_id").await?.doc,
+                ))
             }
             other => Err(ApiError::internal(format!("quote does not serve {other}"))),
         }
@@ -26,11 +29,26 @@ pub async fn handle<S: Store>(ctx: &Ctx<S>, req: ApiRequest) -> ApiResponse {
 
 /// The caller's active trust profile (quotes and runs need one).
 pub async fn active_profile<S: Store>(ctx: &Ctx<S>, agent: &str) -> Result<TrustProfile, ApiError> {
-    let item = ctx.store.get(&Key::agent(agent)).await?.ok_or_else(|| ApiError::not_found("agent_id", agent))?;
+    let item = ctx
+        .store
+        .get(&Key::agent(agent))
+        .await?
+        .ok_or_else(|| ApiError::not_found("agent_id", agent))?;
     let record: OnboardingRecord = item.decode()?;
-    let profile: TrustProfile = owned_object(&ctx.store, &record.trust_profile_id, agent, "trust_profile_id").await?.decode()?;
+    let profile: TrustProfile = owned_object(
+        &ctx.store,
+        &record.trust_profile_id,
+        agent,
+        "trust_profile_id",
+    )
+    .await?
+    .decode()?;
     if profile.status != "active" {
-        return Err(ApiError::conflict("trust-profile-inactive", "trust_profile_id", "the agent's trust profile is not active"));
+        return Err(ApiError::conflict(
+            "trust-profile-inactive",
+            "trust_profile_id",
+            "the agent's trust profile is not active",
+        ));
     }
     Ok(profile)
 }
@@ -41,7 +59,10 @@ async fn create<S: Store>(ctx: &Ctx<S>, call: Call) -> Result<ApiResponse, ApiEr
     let price = rules::price(&q.requested_tool, &q.requested_capability)?;
     let profile = active_profile(ctx, &agent).await?;
     if !profile.limits.allowed_tools.contains(&q.requested_tool) {
-        return Err(ApiError::invalid("requested_tool", "the trust profile does not allow this tool"));
+        return Err(ApiError::invalid(
+            "requested_tool",
+            "the trust profile does not allow this tool",
+        ));
     }
     let quote = Quote {
         object_type: "quote".into(),
@@ -54,6 +75,17 @@ async fn create<S: Store>(ctx: &Ctx<S>, call: Call) -> Result<ApiResponse, ApiEr
         expires_at: rfc3339(now() + time::Duration::seconds(ctx.config.quote_ttl_secs)),
         created_at: now_rfc3339(),
     };
-    let writes = vec![Write::create(object_item(&quote.quote_id, "quote", &agent, None, &quote)?)];
-    Ok(commit(&ctx.store, call.idem.as_ref(), Commit::new(201, &quote, writes)).await?)
+    let writes = vec![Write::create(object_item(
+        &quote.quote_id,
+        "quote",
+        &agent,
+        None,
+        &quote,
+    )?)];
+    Ok(commit(
+        &ctx.store,
+        call.idem.as_ref(),
+        Commit::new(201, &quote, writes),
+    )
+    .await?)
 }

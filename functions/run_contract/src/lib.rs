@@ -17,7 +17,11 @@ use tokenops::run_state::{RunState, Transition};
 use tokenops::store::{Key, Store, Write};
 use tokenops::{money, rules};
 
-pub async fn handle<S: Store, Q: RunQueue>(ctx: &Ctx<S>, queue: &Q, req: ApiRequest) -> ApiResponse {
+pub async fn handle<S: Store, Q: RunQueue>(
+    ctx: &Ctx<S>,
+    queue: &Q,
+    req: ApiRequest,
+) -> ApiResponse {
     serve(ctx, req, |call| async move {
         match call.req.operation {
             "create_run" => create(ctx, queue, call).await,
@@ -27,7 +31,9 @@ pub async fn handle<S: Store, Q: RunQueue>(ctx: &Ctx<S>, queue: &Q, req: ApiRequ
             }
             "cancel_run" => cancel(ctx, call).await,
             "supply_evidence" => supply_evidence(ctx, queue, call).await,
-            other => Err(ApiError::internal(format!("run_contract does not serve {other}"))),
+            other => Err(ApiError::internal(format!(
+                "run_contract does not serve {other}"
+            ))),
         }
     })
     .await
@@ -55,10 +61,16 @@ fn check_evidence(bundle: &EvidenceBundle, ctx: &ReviewContext) -> Result<(), Ap
             422,
             "secret-in-evidence",
             "Evidence carries a secret",
-            format!("{} looks like a {}; evidence must be public-safe, nothing was stored", s.field, s.kind),
+            format!(
+                "{} looks like a {}; evidence must be public-safe, nothing was stored",
+                s.field, s.kind
+            ),
             Some(&s.field),
         )),
-        Err(EvidenceError::Csv { field, reason }) => Err(ApiError::invalid(&field, format!("not valid CSV: {reason}"))),
+        Err(EvidenceError::Csv { field, reason }) => Err(ApiError::invalid(
+            &field,
+            format!("not valid CSV: {reason}"),
+        )),
     }
 }
 
@@ -66,34 +78,64 @@ fn link_url<S>(ctx: &Ctx<S>, path: &str) -> String {
     ctx.config.url(path)
 }
 
-async fn create<S: Store, Q: RunQueue>(ctx: &Ctx<S>, queue: &Q, call: Call) -> Result<ApiResponse, ApiError> {
+async fn create<S: Store, Q: RunQueue>(
+    ctx: &Ctx<S>,
+    queue: &Q,
+    call: Call,
+) -> Result<ApiResponse, ApiError> {
     let agent = call.caller.agent()?.to_string();
     let r: RunRequest = call.req.json()?;
     let profile = quote::active_profile(ctx, &agent).await?;
     if r.trust_profile_id != profile.trust_profile_id {
-        return Err(ApiError::invalid("trust_profile_id", "not this agent's trust profile"));
+        return Err(ApiError::invalid(
+            "trust_profile_id",
+            "not this agent's trust profile",
+        ));
     }
-    let quote_id = parse_id("quote", &r.quote_id, "quote_id").map_err(|_| ApiError::invalid("quote_id", "not a quote id"))?;
-    let q: Quote = owned_object(&ctx.store, &quote_id, &agent, "quote_id").await?.decode()?;
+    let quote_id = parse_id("quote", &r.quote_id, "quote_id")
+        .map_err(|_| ApiError::invalid("quote_id", "not a quote id"))?;
+    let q: Quote = owned_object(&ctx.store, &quote_id, &agent, "quote_id")
+        .await?
+        .decode()?;
     provider_route::check_quote_live(&q)?;
-    if (q.requested_tool.as_str(), q.requested_capability.as_str()) != (r.requested_tool.as_str(), r.requested_capability.as_str()) {
-        return Err(ApiError::invalid("requested_capability", "requested_tool/requested_capability differ from the quote's"));
+    if (q.requested_tool.as_str(), q.requested_capability.as_str())
+        != (r.requested_tool.as_str(), r.requested_capability.as_str())
+    {
+        return Err(ApiError::invalid(
+            "requested_capability",
+            "requested_tool/requested_capability differ from the quote's",
+        ));
     }
-    let ent_id = parse_id("cred", &r.credit_entitlement_id, "credit_entitlement_id").map_err(|_| ApiError::invalid("credit_entitlement_id", "not a credit entitlement id"))?;
+    let ent_id = parse_id("cred", &r.credit_entitlement_id, "credit_entitlement_id")
+        .map_err(|_| ApiError::invalid("credit_entitlement_id", "not a credit entitlement id"))?;
     let ent_item = owned_object(&ctx.store, &ent_id, &agent, "credit_entitlement_id").await?;
     let ent = credit_entitlement::entitlement_view(&ent_item)?;
     let price = q.price_credits;
     if price > profile.limits.max_run_credits {
-        return Err(ApiError::invalid("quote_id", "the quote's price exceeds the trust profile's per-run limit"));
+        return Err(ApiError::invalid(
+            "quote_id",
+            "the quote's price exceeds the trust profile's per-run limit",
+        ));
     }
     if ent.status != "funded" || ent.balances.available < price {
         return Err(insufficient(&ent_id, ent.balances.available, price));
     }
     let callback_url = match &r.callback_url {
         Some(u) => u.clone(),
-        None => ctx.store.get(&Key::agent(&agent)).await?.map(|i| i.decode::<OnboardingRecord>()).transpose()?.map(|o| o.manifest.callback_url).unwrap_or_default(),
+        None => ctx
+            .store
+            .get(&Key::agent(&agent))
+            .await?
+            .map(|i| i.decode::<OnboardingRecord>())
+            .transpose()?
+            .map(|o| o.manifest.callback_url)
+            .unwrap_or_default(),
     };
-    rules::check_callback_url(&callback_url, ctx.config.allow_loopback_callbacks, "callback_url")?;
+    rules::check_callback_url(
+        &callback_url,
+        ctx.config.allow_loopback_callbacks,
+        "callback_url",
+    )?;
 
     let run_id = new_id("run");
     let review_ctx = ReviewContext {
@@ -104,7 +146,8 @@ async fn create<S: Store, Q: RunQueue>(ctx: &Ctx<S>, queue: &Q, call: Call) -> R
         settlement_provider: Some(ent.provider.clone()),
     };
     check_evidence(&r.evidence, &review_ctx)?;
-    let evidence_digest = jcs::digest(&r.evidence).map_err(|e| ApiError::internal(e.to_string()))?;
+    let evidence_digest =
+        jcs::digest(&r.evidence).map_err(|e| ApiError::internal(e.to_string()))?;
     let (hold, mut writes) = money::hold(&ent_id, &agent, &run_id, price);
     let contract = RunContract {
         object_type: "run_contract".into(),
@@ -140,19 +183,73 @@ async fn create<S: Store, Q: RunQueue>(ctx: &Ctx<S>, queue: &Q, call: Call) -> R
         created_at: now.clone(),
         updated_at: now,
     };
-    payload.link("onboarding", &agent, "agent_onboarding", link_url(ctx, &format!("/agents/{agent}")), None);
-    payload.link("trust", &profile.trust_profile_id, "trust_profile", link_url(ctx, &format!("/agents/{agent}")), None);
-    payload.link("quote", &q.quote_id, "quote", link_url(ctx, &format!("/quotes/{}", q.quote_id)), None);
-    payload.link("provider_route", &ent.settlement_id, "provider_route", link_url(ctx, &format!("/settlements/{}", ent.settlement_id)), None);
-    payload.link("credit_entitlement", &ent_id, "credit_entitlement", link_url(ctx, &format!("/credit-entitlements/{ent_id}")), None);
+    payload.link(
+        "onboarding",
+        &agent,
+        "agent_onboarding",
+        link_url(ctx, &format!("/agents/{agent}")),
+        None,
+    );
+    payload.link(
+        "trust",
+        &profile.trust_profile_id,
+        "trust_profile",
+        link_url(ctx, &format!("/agents/{agent}")),
+        None,
+    );
+    payload.link(
+        "quote",
+        &q.quote_id,
+        "quote",
+        link_url(ctx, &format!("/quotes/{}", q.quote_id)),
+        None,
+    );
+    payload.link(
+        "provider_route",
+        &ent.settlement_id,
+        "provider_route",
+        link_url(ctx, &format!("/settlements/{}", ent.settlement_id)),
+        None,
+    );
+    payload.link(
+        "credit_entitlement",
+        &ent_id,
+        "credit_entitlement",
+        link_url(ctx, &format!("/credit-entitlements/{ent_id}")),
+        None,
+    );
     let digest = jcs::digest(&contract).ok();
-    payload.link("run_contract", &contract.run_contract_id, "run_contract", link_url(ctx, &format!("/runs/{run_id}")), digest);
+    payload.link(
+        "run_contract",
+        &contract.run_contract_id,
+        "run_contract",
+        link_url(ctx, &format!("/runs/{run_id}")),
+        digest,
+    );
     payload.refresh_next_action();
     writes.push(Write::create(RunRecord::new_item(&payload)?));
-    writes.push(Write::create(object_item(&contract.run_contract_id, "run_contract", &agent, Some(&run_id), &contract)?));
-    writes.push(Write::create(object_item(&run_object_id("evidence", &run_id), "evidence_bundle", &agent, Some(&run_id), &r.evidence)?));
+    writes.push(Write::create(object_item(
+        &contract.run_contract_id,
+        "run_contract",
+        &agent,
+        Some(&run_id),
+        &contract,
+    )?));
+    writes.push(Write::create(object_item(
+        &run_object_id("evidence", &run_id),
+        "evidence_bundle",
+        &agent,
+        Some(&run_id),
+        &r.evidence,
+    )?));
     let body = json!({"run_id": run_id, "state": "queued", "run_contract": contract, "links": {"run": link_url(ctx, &format!("/runs/{run_id}"))}});
-    let resp = match commit(&ctx.store, call.idem.as_ref(), Commit::new(202, &body, writes)).await {
+    let resp = match commit(
+        &ctx.store,
+        call.idem.as_ref(),
+        Commit::new(202, &body, writes),
+    )
+    .await
+    {
         Ok(r) => r,
         // The hold's condition failed: someone spent the credits between our read and the write.
         Err(StoreError::ConditionFailed) => {
@@ -163,10 +260,23 @@ async fn create<S: Store, Q: RunQueue>(ctx: &Ctx<S>, queue: &Q, call: Call) -> R
     };
     // Enqueue after commit. A replayed request re-sends while the run is still queued, so a lost
     // send is repaired by retrying; the queue stage dispatches a run only once.
-    let run_id = resp.json_body()["run_id"].as_str().unwrap_or_default().to_string();
-    let still_queued = resp.header("idempotent-replayed").is_none() || load_run(&ctx.store, &run_id).await?.is_some_and(|r| r.payload.state == RunState::Queued);
+    let run_id = resp.json_body()["run_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let still_queued = resp.header("idempotent-replayed").is_none()
+        || load_run(&ctx.store, &run_id)
+            .await?
+            .is_some_and(|r| r.payload.state == RunState::Queued);
     if still_queued {
-        queue.send(&RunMessage { run_id, replay: 0 }).await.map_err(|e| ApiError::unavailable(format!("run stored but not yet enqueued ({e}); retry with the same Idempotency-Key")))?;
+        queue
+            .send(&RunMessage { run_id, replay: 0 })
+            .await
+            .map_err(|e| {
+                ApiError::unavailable(format!(
+                    "run stored but not yet enqueued ({e}); retry with the same Idempotency-Key"
+                ))
+            })?;
     }
     Ok(resp)
 }
@@ -176,7 +286,9 @@ fn insufficient(ent_id: &str, available: i64, price: i64) -> ApiError {
         409,
         "insufficient-credits",
         "Insufficient credits",
-        format!("credit entitlement {ent_id} has {available} available credits; the run needs {price}"),
+        format!(
+            "credit entitlement {ent_id} has {available} available credits; the run needs {price}"
+        ),
         Some("credit_entitlement_id"),
     )
 }
@@ -187,33 +299,76 @@ async fn cancel<S: Store>(ctx: &Ctx<S>, call: Call) -> Result<ApiResponse, ApiEr
         match rec.payload.state.check(RunState::Cancelled) {
             Transition::AlreadyDone => return Ok(ApiResponse::json(200, &rec.payload)),
             Transition::Refused => {
-                return Err(ApiError::conflict("invalid-transition", "state", format!("a run in state {} cannot be cancelled", rec.payload.state.as_str())))
+                return Err(ApiError::conflict(
+                    "invalid-transition",
+                    "state",
+                    format!(
+                        "a run in state {} cannot be cancelled",
+                        rec.payload.state.as_str()
+                    ),
+                ))
             }
             Transition::Go => {}
         }
-        let contract: RunContract = owned_object(&ctx.store, &run_object_id("rc", &rec.payload.run_id), &rec.payload.agent_id, "run_id").await?.decode()?;
-        let (_, mut writes) = money::release(&contract.credit_entitlement_id, &contract.agent_id, &contract.run_id, contract.credits_held);
+        let contract: RunContract = owned_object(
+            &ctx.store,
+            &run_object_id("rc", &rec.payload.run_id),
+            &rec.payload.agent_id,
+            "run_id",
+        )
+        .await?
+        .decode()?;
+        let (_, mut writes) = money::release(
+            &contract.credit_entitlement_id,
+            &contract.agent_id,
+            &contract.run_id,
+            contract.credits_held,
+        );
         let mut payload = rec.payload.clone();
         payload.state = RunState::Cancelled;
         writes.push(rec.save(payload.clone())?);
-        match commit(&ctx.store, call.idem.as_ref(), Commit::new(200, &payload, writes)).await {
+        match commit(
+            &ctx.store,
+            call.idem.as_ref(),
+            Commit::new(200, &payload, writes),
+        )
+        .await
+        {
             Ok(resp) => return Ok(resp),
             Err(StoreError::ConditionFailed) => continue,
             Err(e) => return Err(e.into()),
         }
     }
-    Err(ApiError::conflict("concurrent-update", "state", "the run changed concurrently; retry"))
+    Err(ApiError::conflict(
+        "concurrent-update",
+        "state",
+        "the run changed concurrently; retry",
+    ))
 }
 
-async fn supply_evidence<S: Store, Q: RunQueue>(ctx: &Ctx<S>, queue: &Q, call: Call) -> Result<ApiResponse, ApiError> {
+async fn supply_evidence<S: Store, Q: RunQueue>(
+    ctx: &Ctx<S>,
+    queue: &Q,
+    call: Call,
+) -> Result<ApiResponse, ApiError> {
     let rec = owned_run(ctx, &call).await?;
     if rec.payload.state.check(RunState::Replaying) != Transition::Go {
-        return Err(ApiError::conflict("invalid-transition", "state", format!("evidence can be supplied only to a run waiting on evidence; this one is {}", rec.payload.state.as_str())));
+        return Err(ApiError::conflict(
+            "invalid-transition",
+            "state",
+            format!(
+                "evidence can be supplied only to a run waiting on evidence; this one is {}",
+                rec.payload.state.as_str()
+            ),
+        ));
     }
     let more: EvidenceSupplement = call.req.json()?;
     let run_id = rec.payload.run_id.clone();
     let agent = rec.payload.agent_id.clone();
-    let contract: RunContract = owned_object(&ctx.store, &run_object_id("rc", &run_id), &agent, "run_id").await?.decode()?;
+    let contract: RunContract =
+        owned_object(&ctx.store, &run_object_id("rc", &run_id), &agent, "run_id")
+            .await?
+            .decode()?;
     let review_ctx = ReviewContext {
         run_id: run_id.clone(),
         requested_tool: contract.requested_tool.clone(),
@@ -222,11 +377,26 @@ async fn supply_evidence<S: Store, Q: RunQueue>(ctx: &Ctx<S>, queue: &Q, call: C
         settlement_provider: Some(contract.provider.clone()),
     };
     check_evidence(&more.evidence, &review_ctx)?;
-    let ev_item = ctx.store.get(&evidence_key(&run_id)).await?.ok_or_else(|| ApiError::internal("run has no evidence record"))?;
+    let ev_item = ctx
+        .store
+        .get(&evidence_key(&run_id))
+        .await?
+        .ok_or_else(|| ApiError::internal("run has no evidence record"))?;
     let mut bundle: EvidenceBundle = ev_item.decode()?;
-    let before = evidence::review(&bundle, &review_ctx).map_err(|e| ApiError::internal(e.to_string()))?;
+    let before =
+        evidence::review(&bundle, &review_ctx).map_err(|e| ApiError::internal(e.to_string()))?;
     bundle.merge(more.evidence.clone());
-    let exception_id = rec.payload.objects.get("exception_recovery").and_then(|l| l.iter().rev().find(|l| l.object_type == "agent_exception_ticket")).map(|l| l.id.clone()).unwrap_or_default();
+    let exception_id = rec
+        .payload
+        .objects
+        .get("exception_recovery")
+        .and_then(|l| {
+            l.iter()
+                .rev()
+                .find(|l| l.object_type == "agent_exception_ticket")
+        })
+        .map(|l| l.id.clone())
+        .unwrap_or_default();
     let n = rec.payload.replays + 1;
     let replay = ReplayPackage {
         object_type: "replay_package".into(),
@@ -243,23 +413,62 @@ async fn supply_evidence<S: Store, Q: RunQueue>(ctx: &Ctx<S>, queue: &Q, call: C
     let mut payload = rec.payload.clone();
     payload.state = RunState::Replaying;
     payload.replays = n;
-    payload.link("exception_recovery", &replay.replay_id, "replay_package", link_url(ctx, &format!("/exceptions/{}", replay.replay_id)), jcs::digest(&replay).ok());
-    let mut writes = vec![Write::create(object_item(&replay.replay_id, "replay_package", &agent, Some(&run_id), &replay)?)];
-    writes.push(Write::put(object_item(&run_object_id("evidence", &run_id), "evidence_bundle", &agent, Some(&run_id), &bundle)?));
+    payload.link(
+        "exception_recovery",
+        &replay.replay_id,
+        "replay_package",
+        link_url(ctx, &format!("/exceptions/{}", replay.replay_id)),
+        jcs::digest(&replay).ok(),
+    );
+    let mut writes = vec![Write::create(object_item(
+        &replay.replay_id,
+        "replay_package",
+        &agent,
+        Some(&run_id),
+        &replay,
+    )?)];
+    writes.push(Write::put(object_item(
+        &run_object_id("evidence", &run_id),
+        "evidence_bundle",
+        &agent,
+        Some(&run_id),
+        &bundle,
+    )?));
     if let Some(t) = ctx.store.get(&Key::object(&exception_id)).await? {
         let mut ticket: ExceptionTicket = t.decode()?;
         ticket.status = "resolved".into();
         ticket.safe_to_replay = true;
-        writes.push(Write::put(object_item(&exception_id, "agent_exception_ticket", &agent, Some(&run_id), &ticket)?));
+        writes.push(Write::put(object_item(
+            &exception_id,
+            "agent_exception_ticket",
+            &agent,
+            Some(&run_id),
+            &ticket,
+        )?));
     }
     writes.push(rec.save(payload)?);
-    let resp = match commit(&ctx.store, call.idem.as_ref(), Commit::new(202, &replay, writes)).await {
+    let resp = match commit(
+        &ctx.store,
+        call.idem.as_ref(),
+        Commit::new(202, &replay, writes),
+    )
+    .await
+    {
         Ok(r) => r,
-        Err(StoreError::ConditionFailed) => return Err(ApiError::conflict("concurrent-update", "state", "the run changed concurrently; retry")),
+        Err(StoreError::ConditionFailed) => {
+            return Err(ApiError::conflict(
+                "concurrent-update",
+                "state",
+                "the run changed concurrently; retry",
+            ))
+        }
         Err(e) => return Err(e.into()),
     };
     if resp.header("idempotent-replayed").is_none() {
-        queue.send(&RunMessage { run_id, replay: n }).await.map_err(|e| ApiError::unavailable(format!("replay stored but not enqueued: {e}")))?;
+        queue
+            .send(&RunMessage { run_id, replay: n })
+            .await
+            .map_err(|e| ApiError::unavailable(format!("replay stored but not enqueued: {e}")))?;
     }
     Ok(resp)
 }

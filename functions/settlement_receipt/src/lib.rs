@@ -14,30 +14,63 @@ use tokenops::store::{Store, Write};
 
 pub const STAGE: &str = "settlement_receipt";
 
-pub async fn run_task<S: Store>(ctx: &Ctx<S>, input: serde_json::Value) -> Result<TaskOutput, TaskError> {
+pub async fn run_task<S: Store>(
+    ctx: &Ctx<S>,
+    input: serde_json::Value,
+) -> Result<TaskOutput, TaskError> {
     let run_id = task_input(&input)?;
-    advance(&ctx.store, &run_id, STAGE, RunState::SettlementReceipted, |rec| async move {
-        let agent = rec.payload.agent_id.clone();
-        let contract: RunContract = owned_object(&ctx.store, &run_object_id("rc", &rec.payload.run_id), &agent, "run_id").await?.decode()?;
-        let receipt = SettlementReceipt {
-            object_type: "settlement_receipt".into(),
-            receipt_id: run_object_id("srcpt", &rec.payload.run_id),
-            run_id: rec.payload.run_id.clone(),
-            settlement_id: contract.settlement_id.clone(),
-            settlement_reference: contract.settlement_id.clone(),
-            provider: contract.provider.clone(),
-            credit_entitlement_id: contract.credit_entitlement_id.clone(),
-            credits_cost: contract.credits_held,
-            funding_transfer_id: transfer_id("fund", &contract.settlement_id),
-            hold_transfer_id: contract.hold_transfer_id.clone(),
-            issued_at: now_rfc3339(),
-        };
-        let mut payload = rec.payload.clone();
-        payload.state = RunState::SettlementReceipted;
-        let id = receipt.receipt_id.clone();
-        payload.link(STAGE, &id, "settlement_receipt", ctx.config.url(&format!("/receipts/{id}")), jcs::digest(&receipt).ok());
-        let writes = vec![Write::put(object_item(&id, "settlement_receipt", &agent, Some(&payload.run_id), &receipt)?)];
-        Ok(Step { object_id: id, payload, writes, evidence_status: None })
-    })
+    advance(
+        &ctx.store,
+        &run_id,
+        STAGE,
+        RunState::SettlementReceipted,
+        |rec| async move {
+            let agent = rec.payload.agent_id.clone();
+            let contract: RunContract = owned_object(
+                &ctx.store,
+                &run_object_id("rc", &rec.payload.run_id),
+                &agent,
+                "run_id",
+            )
+            .await?
+            .decode()?;
+            let receipt = SettlementReceipt {
+                object_type: "settlement_receipt".into(),
+                receipt_id: run_object_id("srcpt", &rec.payload.run_id),
+                run_id: rec.payload.run_id.clone(),
+                settlement_id: contract.settlement_id.clone(),
+                settlement_reference: contract.settlement_id.clone(),
+                provider: contract.provider.clone(),
+                credit_entitlement_id: contract.credit_entitlement_id.clone(),
+                credits_cost: contract.credits_held,
+                funding_transfer_id: transfer_id("fund", &contract.settlement_id),
+                hold_transfer_id: contract.hold_transfer_id.clone(),
+                issued_at: now_rfc3339(),
+            };
+            let mut payload = rec.payload.clone();
+            payload.state = RunState::SettlementReceipted;
+            let id = receipt.receipt_id.clone();
+            payload.link(
+                STAGE,
+                &id,
+                "settlement_receipt",
+                ctx.config.url(&format!("/receipts/{id}")),
+                jcs::digest(&receipt).ok(),
+            );
+            let writes = vec![Write::put(object_item(
+                &id,
+                "settlement_receipt",
+                &agent,
+                Some(&payload.run_id),
+                &receipt,
+            )?)];
+            Ok(Step {
+                object_id: id,
+                payload,
+                writes,
+                evidence_status: None,
+            })
+        },
+    )
     .await
 }

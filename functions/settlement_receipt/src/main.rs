@@ -9,8 +9,13 @@ async fn main() -> Result<(), Error> {
     lambda::init_logging();
     let ctx = &lambda::ctx_from_env().await?;
     run(service_fn(move |ev: LambdaEvent<Value>| async move {
-        let out = settlement_receipt::run_task(ctx, ev.payload).await.map_err(Diagnostic::from)?;
-        serde_json::to_value(out).map_err(|e| Diagnostic { error_type: "Internal".into(), error_message: e.to_string() })
+        let out = settlement_receipt::run_task(ctx, ev.payload)
+            .await
+            .map_err(Diagnostic::from)?;
+        serde_json::to_value(out).map_err(|e| Diagnostic {
+            error_type: "Internal".into(),
+            error_message: e.to_string(),
+        })
     }))
     .await
 }

@@ -10,10 +10,17 @@ async fn main() -> Result<(), Error> {
     let ctx = &lambda::ctx_from_env().await?;
     run(service_fn(move |ev: LambdaEvent<Value>| async move {
         if lambda::is_apigw_v2(&ev.payload) {
-            return Ok(lambda::response_to_apigw_v2(&tokenops_execution::handle(ctx, lambda::request_from_apigw_v2(&ev.payload)).await));
+            return Ok(lambda::response_to_apigw_v2(
+                &tokenops_execution::handle(ctx, lambda::request_from_apigw_v2(&ev.payload)).await,
+            ));
         }
-        let out = tokenops_execution::run_task(ctx, ev.payload).await.map_err(Diagnostic::from)?;
-        serde_json::to_value(out).map_err(|e| Diagnostic { error_type: "Internal".into(), error_message: e.to_string() })
+        let out = tokenops_execution::run_task(ctx, ev.payload)
+            .await
+            .map_err(Diagnostic::from)?;
+        serde_json::to_value(out).map_err(|e| Diagnostic {
+            error_type: "Internal".into(),
+            error_message: e.to_string(),
+        })
     }))
     .await
 }

@@ -26,17 +26,33 @@ pub async fn handle<S: Store>(ctx: &Ctx<S>, req: ApiRequest) -> ApiResponse {
 async fn claim<S: Store>(ctx: &Ctx<S>, call: Call) -> Result<ApiResponse, ApiError> {
     let agent_id = call.req.param("agent_id").to_string();
     let body: CredentialClaim = call.req.json()?;
-    let item = ctx.store.get(&Key::agent(&agent_id)).await?.ok_or_else(|| ApiError::not_found("agent_id", &agent_id))?;
+    let item = ctx
+        .store
+        .get(&Key::agent(&agent_id))
+        .await?
+        .ok_or_else(|| ApiError::not_found("agent_id", &agent_id))?;
     let expected = item.get_attr("claim_hash").unwrap_or("");
-    if !bool::from(sha256_hex(body.claim_token.as_bytes()).as_bytes().ct_eq(expected.as_bytes())) {
+    if !bool::from(
+        sha256_hex(body.claim_token.as_bytes())
+            .as_bytes()
+            .ct_eq(expected.as_bytes()),
+    ) {
         // Same answer as an unknown agent: a wrong token reveals nothing.
         return Err(ApiError::not_found("agent_id", &agent_id));
     }
     if item.get_attr("trust_status") != Some("active") {
-        return Err(ApiError::conflict("trust-review-failed", "agent_id", "the trust review did not pass; credentials are not issued"));
+        return Err(ApiError::conflict(
+            "trust-review-failed",
+            "agent_id",
+            "the trust review did not pass; credentials are not issued",
+        ));
     }
     if item.get_attr("claimed") != Some("false") {
-        return Err(ApiError::conflict("credentials-already-claimed", "claim_token", "the credential envelope was already delivered; it is shown once"));
+        return Err(ApiError::conflict(
+            "credentials-already-claimed",
+            "claim_token",
+            "the credential envelope was already delivered; it is shown once",
+        ));
     }
     let mut record: OnboardingRecord = item.decode()?;
     record.credentials_claimed = true;
@@ -58,15 +74,29 @@ async fn claim<S: Store>(ctx: &Ctx<S>, call: Call) -> Result<ApiResponse, ApiErr
         Write::Update {
             key: Key::agent(&agent_id),
             add: vec![],
-            set_attrs: vec![("claimed".into(), "true".into()), ("callback_secret".into(), secret)],
-            set_doc: Some(serde_json::to_value(&record).map_err(|e| ApiError::internal(e.to_string()))?),
+            set_attrs: vec![
+                ("claimed".into(), "true".into()),
+                ("callback_secret".into(), secret),
+            ],
+            set_doc: Some(
+                serde_json::to_value(&record).map_err(|e| ApiError::internal(e.to_string()))?,
+            ),
             conds: vec![Cond::AttrEq("claimed".into(), "false".into())],
         },
-        Write::create(Item::new(access_key_item_key(&access_key), "access_key", Some(&agent_id), serde_json::json!({"access_key_id": envelope.access_key_id}))),
+        Write::create(Item::new(
+            access_key_item_key(&access_key),
+            "access_key",
+            Some(&agent_id),
+            serde_json::json!({"access_key_id": envelope.access_key_id}),
+        )),
     ];
     match ctx.store.transact(writes).await {
         Ok(()) => Ok(ApiResponse::json(201, &envelope)),
-        Err(StoreError::ConditionFailed) => Err(ApiError::conflict("credentials-already-claimed", "claim_token", "the credential envelope was already delivered; it is shown once")),
+        Err(StoreError::ConditionFailed) => Err(ApiError::conflict(
+            "credentials-already-claimed",
+            "claim_token",
+            "the credential envelope was already delivered; it is shown once",
+        )),
         Err(e) => Err(e.into()),
     }
 }

@@ -43,7 +43,11 @@ pub(super) enum Rule {
     And(Vec<Rule>),
     Or(Vec<Rule>),
     Not(Box<Rule>),
-    Check { var: Path, test: Test, operand: Operand },
+    Check {
+        var: Path,
+        test: Test,
+        operand: Operand,
+    },
 }
 
 /// Maps an operator name to its test; the bool says whether the operand is a path (`…Path`).
@@ -60,10 +64,16 @@ fn parse_op(name: &str) -> Option<(Test, bool)> {
     if let Some(t) = simple {
         return Some((t, false));
     }
-    let (base, by_path) = name.strip_suffix("Path").map_or((name, false), |b| (b, true));
-    let (ty, rest) = [("String", Ty::Str), ("Numeric", Ty::Num), ("Boolean", Ty::Bool)]
-        .into_iter()
-        .find_map(|(prefix, ty)| base.strip_prefix(prefix).map(|r| (ty, r)))?;
+    let (base, by_path) = name
+        .strip_suffix("Path")
+        .map_or((name, false), |b| (b, true));
+    let (ty, rest) = [
+        ("String", Ty::Str),
+        ("Numeric", Ty::Num),
+        ("Boolean", Ty::Bool),
+    ]
+    .into_iter()
+    .find_map(|(prefix, ty)| base.strip_prefix(prefix).map(|r| (ty, r)))?;
     let cmp = match rest {
         "Equals" => Cmp::Eq,
         "LessThan" if ty != Ty::Bool => Cmp::Lt,
@@ -84,7 +94,11 @@ pub(super) fn parse_rule(v: &Value, top: bool) -> Result<(Rule, Option<String>),
             "Comment" => {}
             "Next" if top => next = Some(val.as_str().ok_or("Next must be a string")?.to_string()),
             "Next" => return Err("Next is only allowed in top-level choice rules".into()),
-            "Variable" => var = Some(Path::parse(val.as_str().ok_or("Variable must be a string")?)?),
+            "Variable" => {
+                var = Some(Path::parse(
+                    val.as_str().ok_or("Variable must be a string")?,
+                )?)
+            }
             "And" | "Or" | "Not" => {
                 let rule = if k == "Not" {
                     Rule::Not(Box::new(parse_rule(val, false)?.0))
@@ -107,9 +121,12 @@ pub(super) fn parse_rule(v: &Value, top: bool) -> Result<(Rule, Option<String>),
                 }
             }
             op => {
-                let (t, by_path) = parse_op(op).ok_or_else(|| format!("unknown or unsupported choice rule field {op:?}"))?;
+                let (t, by_path) = parse_op(op)
+                    .ok_or_else(|| format!("unknown or unsupported choice rule field {op:?}"))?;
                 let operand = if by_path {
-                    Operand::Path(Path::parse(val.as_str().ok_or(format!("{op} must be a path string"))?)?)
+                    Operand::Path(Path::parse(
+                        val.as_str().ok_or(format!("{op} must be a path string"))?,
+                    )?)
                 } else {
                     let ok = match t {
                         Test::Compare(Ty::Str, _) | Test::Matches => val.is_string(),
@@ -130,11 +147,15 @@ pub(super) fn parse_rule(v: &Value, top: bool) -> Result<(Rule, Option<String>),
     if top && next.is_none() {
         return Err("a top-level choice rule needs Next".into());
     }
-    let rule = match (combinator, var, test) {
-        (Some(r), None, None) => r,
-        (None, Some(var), Some((test, operand))) => Rule::Check { var, test, operand },
-        _ => return Err("a choice rule needs either And/Or/Not, or Variable plus one comparison operator".into()),
-    };
+    let rule =
+        match (combinator, var, test) {
+            (Some(r), None, None) => r,
+            (None, Some(var), Some((test, operand))) => Rule::Check { var, test, operand },
+            _ => return Err(
+                "a choice rule needs either And/Or/Not, or Variable plus one comparison operator"
+                    .into(),
+            ),
+        };
     Ok((rule, next))
 }
 
@@ -161,7 +182,9 @@ impl Rule {
             Rule::Check { var, test, operand } => {
                 let want = match operand {
                     Operand::Lit(v) => v,
-                    Operand::Path(p) => p.get(input, ctx).ok_or_else(|| runtime(format!("Invalid path '{}' in choice rule", p.text())))?,
+                    Operand::Path(p) => p.get(input, ctx).ok_or_else(|| {
+                        runtime(format!("Invalid path '{}' in choice rule", p.text()))
+                    })?,
                 };
                 let flag = want.as_bool() == Some(true);
                 let Some(v) = var.get(input, ctx) else {
@@ -176,7 +199,9 @@ impl Rule {
                     Test::IsString => v.is_string() == flag,
                     Test::IsNumeric => v.is_number() == flag,
                     Test::IsBoolean => v.is_boolean() == flag,
-                    Test::Matches => matches!((v.as_str(), want.as_str()), (Some(s), Some(p)) if wildcard(p, s)),
+                    Test::Matches => {
+                        matches!((v.as_str(), want.as_str()), (Some(s), Some(p)) if wildcard(p, s))
+                    }
                     Test::Compare(ty, cmp) => compare(*ty, v, want).is_some_and(|o| match cmp {
                         Cmp::Eq => o.is_eq(),
                         Cmp::Lt => o.is_lt(),
@@ -195,7 +220,11 @@ fn compare(ty: Ty, a: &Value, b: &Value) -> Option<Ordering> {
     match ty {
         Ty::Str => Some(a.as_str()?.cmp(b.as_str()?)),
         Ty::Num => a.as_f64()?.partial_cmp(&b.as_f64()?),
-        Ty::Bool => Some(if a.as_bool()? == b.as_bool()? { Ordering::Equal } else { Ordering::Less }),
+        Ty::Bool => Some(if a.as_bool()? == b.as_bool()? {
+            Ordering::Equal
+        } else {
+            Ordering::Less
+        }),
     }
 }
 

@@ -84,13 +84,20 @@ pub struct TaskFailure {
 
 impl TaskFailure {
     pub fn new(error: impl Into<String>, cause: impl Into<String>) -> Self {
-        TaskFailure { error: error.into(), cause: cause.into() }
+        TaskFailure {
+            error: error.into(),
+            cause: cause.into(),
+        }
     }
 }
 
 /// Runs the `Resource` of Task states. Implementations must be idempotent (see module docs).
 pub trait TaskDispatcher: Send + Sync {
-    fn invoke(&self, resource: &str, input: Value) -> impl Future<Output = Result<Value, TaskFailure>> + Send;
+    fn invoke(
+        &self,
+        resource: &str,
+        input: Value,
+    ) -> impl Future<Output = Result<Value, TaskFailure>> + Send;
 }
 
 /// A parsed and validated state machine.
@@ -120,12 +127,27 @@ struct Io {
 
 #[derive(Debug, Clone)]
 enum Kind {
-    Task { resource: String, retry: Vec<Retrier>, catch: Vec<Catcher>, timeout: Option<f64> },
-    Pass { result: Option<Value> },
-    Choice { choices: Vec<(Rule, String)>, default: Option<String> },
-    Wait { seconds: f64 },
+    Task {
+        resource: String,
+        retry: Vec<Retrier>,
+        catch: Vec<Catcher>,
+        timeout: Option<f64>,
+    },
+    Pass {
+        result: Option<Value>,
+    },
+    Choice {
+        choices: Vec<(Rule, String)>,
+        default: Option<String>,
+    },
+    Wait {
+        seconds: f64,
+    },
     Succeed,
-    Fail { error: String, cause: String },
+    Fail {
+        error: String,
+        cause: String,
+    },
 }
 
 impl Kind {
@@ -166,16 +188,22 @@ struct Catcher {
 }
 
 fn matches_error(names: &[String], error: &str) -> bool {
-    names.iter().any(|n| n == error || n == "States.ALL" || (n == "States.TaskFailed" && true))
+    names
+        .iter()
+        .any(|n| n == error || n == "States.ALL" || (n == "States.TaskFailed" && true))
 }
 
 /// Replaces every `${Name}`; any name without a substitution is an error.
 fn substitute(text: &str, subs: &BTreeMap<String, String>) -> Result<String, AslError> {
     let (mut out, mut rest) = (String::with_capacity(text.len()), text);
     while let Some(i) = rest.find("${") {
-        let Some(len) = rest[i + 2..].find('}') else { break };
+        let Some(len) = rest[i + 2..].find('}') else {
+            break;
+        };
         let name = &rest[i + 2..i + 2 + len];
-        let value = subs.get(name).ok_or_else(|| AslError::UnresolvedSubstitution(name.to_string()))?;
+        let value = subs
+            .get(name)
+            .ok_or_else(|| AslError::UnresolvedSubstitution(name.to_string()))?;
         out.push_str(&rest[..i]);
         out.push_str(value);
         rest = &rest[i + 3 + len..];
@@ -192,7 +220,9 @@ struct Fields<'a> {
 
 impl<'a> Fields<'a> {
     fn new(what: String, v: &'a Value) -> Result<Self, AslError> {
-        let m = v.as_object().ok_or_else(|| AslError::Invalid(format!("{what} must be an object")))?;
+        let m = v
+            .as_object()
+            .ok_or_else(|| AslError::Invalid(format!("{what} must be an object")))?;
         Ok(Fields { what, m })
     }
     fn err(&self, msg: impl std::fmt::Display) -> AslError {
@@ -215,12 +245,16 @@ impl<'a> Fields<'a> {
         }
     }
     fn req_str(&self, k: &str) -> Result<String, AslError> {
-        self.opt_str(k)?.ok_or_else(|| self.err(format!("{k} is required")))
+        self.opt_str(k)?
+            .ok_or_else(|| self.err(format!("{k} is required")))
     }
     fn opt_num(&self, k: &str) -> Result<Option<f64>, AslError> {
         match self.m.get(k) {
             None => Ok(None),
-            Some(v) => v.as_f64().map(Some).ok_or_else(|| self.err(format!("{k} must be a number"))),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| self.err(format!("{k} must be a number"))),
         }
     }
     /// Absent means `$`, JSON `null` gives `None`.
@@ -228,24 +262,42 @@ impl<'a> Fields<'a> {
         match self.m.get(k) {
             None => Ok(Some(Path::root())),
             Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Path::parse(s).map(Some).map_err(|e| self.err(format!("{k}: {e}"))),
+            Some(Value::String(s)) => Path::parse(s)
+                .map(Some)
+                .map_err(|e| self.err(format!("{k}: {e}"))),
             Some(_) => Err(self.err(format!("{k} must be a string or null"))),
         }
     }
     fn template(&self, k: &str) -> Result<Option<Template>, AslError> {
-        self.m.get(k).map(|v| Template::parse(v, k).map_err(|e| self.err(e))).transpose()
+        self.m
+            .get(k)
+            .map(|v| Template::parse(v, k).map_err(|e| self.err(e)))
+            .transpose()
     }
-    fn list<T>(&self, k: &str, each: fn(&Fields) -> Result<T, AslError>, errors: fn(&T) -> &[String]) -> Result<Vec<T>, AslError> {
-        let Some(v) = self.get(k) else { return Ok(vec![]) };
-        let arr = v.as_array().ok_or_else(|| self.err(format!("{k} must be an array")))?;
+    fn list<T>(
+        &self,
+        k: &str,
+        each: fn(&Fields) -> Result<T, AslError>,
+        errors: fn(&T) -> &[String],
+    ) -> Result<Vec<T>, AslError> {
+        let Some(v) = self.get(k) else {
+            return Ok(vec![]);
+        };
+        let arr = v
+            .as_array()
+            .ok_or_else(|| self.err(format!("{k} must be an array")))?;
         let items = arr
             .iter()
             .enumerate()
             .map(|(i, v)| each(&Fields::new(format!("{}: {k}[{i}]", self.what), v)?))
             .collect::<Result<Vec<T>, _>>()?;
-        let all_at = items.iter().position(|t| errors(t).iter().any(|e| e == "States.ALL"));
+        let all_at = items
+            .iter()
+            .position(|t| errors(t).iter().any(|e| e == "States.ALL"));
         if all_at.is_some_and(|i| i + 1 != items.len()) {
-            return Err(self.err(format!("in {k}, States.ALL must appear only in the last entry")));
+            return Err(self.err(format!(
+                "in {k}, States.ALL must appear only in the last entry"
+            )));
         }
         Ok(items)
     }
@@ -254,7 +306,11 @@ impl<'a> Fields<'a> {
             .get("ErrorEquals")
             .and_then(Value::as_array)
             .filter(|a| !a.is_empty())
-            .and_then(|a| a.iter().map(|v| v.as_str().map(String::from)).collect::<Option<Vec<_>>>())
+            .and_then(|a| {
+                a.iter()
+                    .map(|v| v.as_str().map(String::from))
+                    .collect::<Option<Vec<_>>>()
+            })
             .ok_or_else(|| self.err("ErrorEquals must be a non-empty array of strings"))?;
         if names.len() > 1 && names.iter().any(|n| n == "States.ALL") {
             return Err(self.err("States.ALL must appear alone in ErrorEquals"));
@@ -264,15 +320,33 @@ impl<'a> Fields<'a> {
 }
 
 fn parse_retrier(f: &Fields) -> Result<Retrier, AslError> {
-    f.only(&["ErrorEquals", "IntervalSeconds", "MaxAttempts", "BackoffRate", "MaxDelaySeconds", "Comment"])?;
+    f.only(&[
+        "ErrorEquals",
+        "IntervalSeconds",
+        "MaxAttempts",
+        "BackoffRate",
+        "MaxDelaySeconds",
+        "Comment",
+    ])?;
     let interval = f.opt_num("IntervalSeconds")?.unwrap_or(1.0);
     let max_attempts = f.opt_num("MaxAttempts")?.unwrap_or(3.0);
     let backoff = f.opt_num("BackoffRate")?.unwrap_or(2.0);
     let max_delay = f.opt_num("MaxDelaySeconds")?;
-    if interval <= 0.0 || max_attempts < 0.0 || max_attempts.fract() != 0.0 || backoff < 1.0 || max_delay.is_some_and(|m| m <= 0.0) {
+    if interval <= 0.0
+        || max_attempts < 0.0
+        || max_attempts.fract() != 0.0
+        || backoff < 1.0
+        || max_delay.is_some_and(|m| m <= 0.0)
+    {
         return Err(f.err("need IntervalSeconds > 0, MaxAttempts a non-negative integer, BackoffRate >= 1, MaxDelaySeconds > 0"));
     }
-    Ok(Retrier { errors: f.error_list()?, interval, max_attempts: max_attempts as u32, backoff, max_delay })
+    Ok(Retrier {
+        errors: f.error_list()?,
+        interval,
+        max_attempts: max_attempts as u32,
+        backoff,
+        max_delay,
+    })
 }
 
 fn parse_catcher(f: &Fields) -> Result<Catcher, AslError> {
@@ -281,22 +355,54 @@ fn parse_catcher(f: &Fields) -> Result<Catcher, AslError> {
     if result_path.as_ref().is_some_and(Path::is_context) {
         return Err(f.err("ResultPath cannot write to the context object"));
     }
-    Ok(Catcher { errors: f.error_list()?, next: f.req_str("Next")?, result_path })
+    Ok(Catcher {
+        errors: f.error_list()?,
+        next: f.req_str("Next")?,
+        result_path,
+    })
 }
 
 fn parse_state(name: &str, v: &Value) -> Result<State, AslError> {
     let f = Fields::new(format!("state {name:?}"), v)?;
     let ty = f.req_str("Type")?;
     let allowed: &[&str] = match ty.as_str() {
-        "Task" => &["Resource", "Parameters", "ResultSelector", "ResultPath", "Retry", "Catch", "TimeoutSeconds", "Next", "End", "InputPath", "OutputPath"],
-        "Pass" => &["Parameters", "Result", "ResultPath", "Next", "End", "InputPath", "OutputPath"],
+        "Task" => &[
+            "Resource",
+            "Parameters",
+            "ResultSelector",
+            "ResultPath",
+            "Retry",
+            "Catch",
+            "TimeoutSeconds",
+            "Next",
+            "End",
+            "InputPath",
+            "OutputPath",
+        ],
+        "Pass" => &[
+            "Parameters",
+            "Result",
+            "ResultPath",
+            "Next",
+            "End",
+            "InputPath",
+            "OutputPath",
+        ],
         "Choice" => &["Choices", "Default", "InputPath", "OutputPath"],
         "Wait" => &["Seconds", "Next", "End", "InputPath", "OutputPath"],
         "Succeed" => &["InputPath", "OutputPath"],
         "Fail" => &["Error", "Cause"],
-        _ => return Err(AslError::UnsupportedStateType { state: name.into(), state_type: ty }),
+        _ => {
+            return Err(AslError::UnsupportedStateType {
+                state: name.into(),
+                state_type: ty,
+            })
+        }
     };
-    if let Some(k) = f.m.keys().find(|k| !["Type", "Comment"].contains(&k.as_str()) && !allowed.contains(&k.as_str())) {
+    if let Some(k) =
+        f.m.keys()
+            .find(|k| !["Type", "Comment"].contains(&k.as_str()) && !allowed.contains(&k.as_str()))
+    {
         return Err(f.err(format!("field {k:?} is not supported in a {ty} state")));
     }
     let io = Io {
@@ -328,38 +434,59 @@ fn parse_state(name: &str, v: &Value) -> Result<State, AslError> {
                 t => t,
             },
         },
-        "Pass" => Kind::Pass { result: f.get("Result").cloned() },
+        "Pass" => Kind::Pass {
+            result: f.get("Result").cloned(),
+        },
         "Choice" => {
-            let rules = f.get("Choices").and_then(Value::as_array).filter(|a| !a.is_empty());
+            let rules = f
+                .get("Choices")
+                .and_then(Value::as_array)
+                .filter(|a| !a.is_empty());
             let choices = rules
                 .ok_or_else(|| f.err("Choices must be a non-empty array"))?
                 .iter()
                 .enumerate()
                 .map(|(i, r)| {
-                    let (rule, next) = choice::parse_rule(r, true).map_err(|e| f.err(format!("Choices[{i}]: {e}")))?;
+                    let (rule, next) = choice::parse_rule(r, true)
+                        .map_err(|e| f.err(format!("Choices[{i}]: {e}")))?;
                     Ok((rule, next.unwrap_or_default()))
                 })
                 .collect::<Result<_, AslError>>()?;
-            Kind::Choice { choices, default: f.opt_str("Default")? }
+            Kind::Choice {
+                choices,
+                default: f.opt_str("Default")?,
+            }
         }
         "Wait" => Kind::Wait {
-            seconds: f.opt_num("Seconds")?.filter(|s| *s >= 0.0).ok_or_else(|| f.err("Wait needs a non-negative Seconds"))?,
+            seconds: f
+                .opt_num("Seconds")?
+                .filter(|s| *s >= 0.0)
+                .ok_or_else(|| f.err("Wait needs a non-negative Seconds"))?,
         },
         "Succeed" => Kind::Succeed,
-        _ => Kind::Fail { error: f.opt_str("Error")?.unwrap_or_default(), cause: f.opt_str("Cause")?.unwrap_or_default() },
+        _ => Kind::Fail {
+            error: f.opt_str("Error")?.unwrap_or_default(),
+            cause: f.opt_str("Cause")?.unwrap_or_default(),
+        },
     };
     Ok(State { kind, next, io })
 }
 
 impl Definition {
     /// Substitutes `${Name}` placeholders in the raw text, then parses and validates.
-    pub fn parse(json_text: &str, substitutions: &BTreeMap<String, String>) -> Result<Definition, AslError> {
+    pub fn parse(
+        json_text: &str,
+        substitutions: &BTreeMap<String, String>,
+    ) -> Result<Definition, AslError> {
         let text = substitute(json_text, substitutions)?;
         let root: Value = serde_json::from_str(&text).map_err(|e| AslError::Json(e.to_string()))?;
         let top = Fields::new("the definition".into(), &root)?;
         top.only(&["StartAt", "States", "Comment", "Version"])?;
         let start_at = top.req_str("StartAt")?;
-        let states = top.get("States").and_then(Value::as_object).filter(|m| !m.is_empty());
+        let states = top
+            .get("States")
+            .and_then(Value::as_object)
+            .filter(|m| !m.is_empty());
         let states = states
             .ok_or_else(|| top.err("States must be a non-empty object"))?
             .iter()
@@ -372,20 +499,29 @@ impl Definition {
 
     fn validate_targets(&self) -> Result<(), AslError> {
         if !self.states.contains_key(&self.start_at) {
-            return Err(AslError::Invalid(format!("StartAt {:?} does not name a state", self.start_at)));
+            return Err(AslError::Invalid(format!(
+                "StartAt {:?} does not name a state",
+                self.start_at
+            )));
         }
         let check = |from: &str, field: &str, to: &str| match self.states.contains_key(to) {
             true => Ok(()),
-            false => Err(AslError::Invalid(format!("state {from:?}: {field} target {to:?} does not exist"))),
+            false => Err(AslError::Invalid(format!(
+                "state {from:?}: {field} target {to:?} does not exist"
+            ))),
         };
         for (name, st) in &self.states {
             if let Some(n) = &st.next {
                 check(name, "Next", n)?;
             }
             match &st.kind {
-                Kind::Task { catch, .. } => catch.iter().try_for_each(|c| check(name, "Catch Next", &c.next))?,
+                Kind::Task { catch, .. } => catch
+                    .iter()
+                    .try_for_each(|c| check(name, "Catch Next", &c.next))?,
                 Kind::Choice { choices, default } => {
-                    choices.iter().try_for_each(|(_, n)| check(name, "Choices Next", n))?;
+                    choices
+                        .iter()
+                        .try_for_each(|(_, n)| check(name, "Choices Next", n))?;
                     default.iter().try_for_each(|d| check(name, "Default", d))?;
                 }
                 _ => {}
@@ -464,7 +600,9 @@ impl ExecutionState {
 
 impl Io {
     fn select_input(&self, raw: &Value, ctx: &Value) -> Result<Value, TaskFailure> {
-        self.input_path.as_ref().map_or(Ok(json!({})), |p| p.resolve(raw, ctx, "InputPath"))
+        self.input_path
+            .as_ref()
+            .map_or(Ok(json!({})), |p| p.resolve(raw, ctx, "InputPath"))
     }
     fn effective_input(&self, raw: &Value, ctx: &Value) -> Result<Value, TaskFailure> {
         let v = self.select_input(raw, ctx)?;
@@ -482,7 +620,9 @@ impl Io {
         self.filter_output(combined, ctx)
     }
     fn filter_output(&self, v: Value, ctx: &Value) -> Result<Value, TaskFailure> {
-        self.output_path.as_ref().map_or(Ok(json!({})), |p| p.resolve(&v, ctx, "OutputPath"))
+        self.output_path
+            .as_ref()
+            .map_or(Ok(json!({})), |p| p.resolve(&v, ctx, "OutputPath"))
     }
 }
 
@@ -522,27 +662,55 @@ impl Engine {
 
     /// Runs the current state (including its Retry loop) and advances `ex`.
     /// `ex` is only modified once the state has finished, so dropping the future is safe.
-    pub async fn step<D: TaskDispatcher>(&self, def: &Definition, ex: &mut ExecutionState, dispatcher: &D) -> Result<(), AslError> {
+    pub async fn step<D: TaskDispatcher>(
+        &self,
+        def: &Definition,
+        ex: &mut ExecutionState,
+        dispatcher: &D,
+    ) -> Result<(), AslError> {
         let name = match (&ex.status, &ex.current) {
             (ExecutionStatus::Running, Some(n)) => n.clone(),
             _ => return Err(AslError::NotRunning),
         };
-        let st = def.states.get(&name).ok_or_else(|| AslError::UnknownState(name.clone()))?;
+        let st = def
+            .states
+            .get(&name)
+            .ok_or_else(|| AslError::UnknownState(name.clone()))?;
         let mut retries = 0;
-        let outcome = self.run_state(st, &name, ex, dispatcher, &mut retries).await;
+        let outcome = self
+            .run_state(st, &name, ex, dispatcher, &mut retries)
+            .await;
         let input = std::mem::take(&mut ex.input);
-        let mut event = HistoryEvent { state: name, state_type: st.kind.name().into(), input, output: None, error: None, next: None, retries };
+        let mut event = HistoryEvent {
+            state: name,
+            state_type: st.kind.name().into(),
+            input,
+            output: None,
+            error: None,
+            next: None,
+            retries,
+        };
         match outcome {
             Ok(m) => {
                 match &m.next {
                     Some(n) => (ex.current, ex.input) = (Some(n.clone()), m.output.clone()),
-                    None => (ex.current, ex.status) = (None, ExecutionStatus::Succeeded { output: m.output.clone() }),
+                    None => {
+                        (ex.current, ex.status) = (
+                            None,
+                            ExecutionStatus::Succeeded {
+                                output: m.output.clone(),
+                            },
+                        )
+                    }
                 }
                 (event.output, event.error, event.next) = (Some(m.output), m.caught, m.next);
             }
             Err(f) => {
                 ex.current = None;
-                ex.status = ExecutionStatus::Failed { error: f.error.clone(), cause: f.cause.clone() };
+                ex.status = ExecutionStatus::Failed {
+                    error: f.error.clone(),
+                    cause: f.cause.clone(),
+                };
                 event.error = Some(f);
             }
         }
@@ -565,7 +733,14 @@ impl Engine {
         Ok(())
     }
 
-    async fn run_state<D: TaskDispatcher>(&self, st: &State, name: &str, ex: &ExecutionState, d: &D, retries: &mut u32) -> Result<Moved, TaskFailure> {
+    async fn run_state<D: TaskDispatcher>(
+        &self,
+        st: &State,
+        name: &str,
+        ex: &ExecutionState,
+        d: &D,
+        retries: &mut u32,
+    ) -> Result<Moved, TaskFailure> {
         let entered = now_rfc3339();
         let ctx = |retry_count: u32| {
             json!({
@@ -574,7 +749,13 @@ impl Engine {
             })
         };
         let (raw, io) = (&ex.input, &st.io);
-        let done = |output: Value, next: Option<&String>| Ok(Moved { output, next: next.cloned(), caught: None });
+        let done = |output: Value, next: Option<&String>| {
+            Ok(Moved {
+                output,
+                next: next.cloned(),
+                caught: None,
+            })
+        };
         match &st.kind {
             Kind::Fail { error, cause } => Err(TaskFailure::new(error, cause)),
             Kind::Succeed => {
@@ -584,7 +765,10 @@ impl Engine {
             Kind::Pass { result } => {
                 let c = ctx(0);
                 let effective = io.effective_input(raw, &c)?;
-                done(io.output(raw, result.clone().unwrap_or(effective), &c)?, st.next.as_ref())
+                done(
+                    io.output(raw, result.clone().unwrap_or(effective), &c)?,
+                    st.next.as_ref(),
+                )
             }
             Kind::Wait { seconds } => {
                 let c = ctx(0);
@@ -602,10 +786,20 @@ impl Engine {
                         break;
                     }
                 }
-                let target = target.ok_or_else(|| TaskFailure::new("States.NoChoiceMatched", format!("No Choice rule matched in state '{name}' and it has no Default")))?;
+                let target = target.ok_or_else(|| {
+                    TaskFailure::new(
+                        "States.NoChoiceMatched",
+                        format!("No Choice rule matched in state '{name}' and it has no Default"),
+                    )
+                })?;
                 done(io.filter_output(effective, &c)?, Some(target))
             }
-            Kind::Task { resource, retry, catch, timeout } => {
+            Kind::Task {
+                resource,
+                retry,
+                catch,
+                timeout,
+            } => {
                 let mut counts = vec![0u32; retry.len()];
                 let failure = loop {
                     let c = ctx(*retries);
@@ -621,7 +815,10 @@ impl Engine {
                         Err(f) => f,
                     };
                     // The first retrier that matches decides; once it is exhausted we go to Catch.
-                    match retry.iter().position(|r| matches_error(&r.errors, &f.error)) {
+                    match retry
+                        .iter()
+                        .position(|r| matches_error(&r.errors, &f.error))
+                    {
                         Some(i) if counts[i] < retry[i].max_attempts => {
                             tokio::time::sleep(self.scaled(retry[i].delay(counts[i]))).await;
                             counts[i] += 1;
@@ -630,7 +827,10 @@ impl Engine {
                         _ => break f,
                     }
                 };
-                let Some(catcher) = catch.iter().find(|c| matches_error(&c.errors, &failure.error)) else {
+                let Some(catcher) = catch
+                    .iter()
+                    .find(|c| matches_error(&c.errors, &failure.error))
+                else {
                     return Err(failure);
                 };
                 let error_output = json!({"Error": failure.error, "Cause": failure.cause});
@@ -638,25 +838,42 @@ impl Engine {
                     None => raw.clone(),
                     Some(p) => p.set(raw.clone(), error_output)?,
                 };
-                Ok(Moved { output, next: Some(catcher.next.clone()), caught: Some(failure) })
+                Ok(Moved {
+                    output,
+                    next: Some(catcher.next.clone()),
+                    caught: Some(failure),
+                })
             }
         }
     }
 
-    async fn invoke<D: TaskDispatcher>(&self, d: &D, resource: &str, input: Value, timeout: Option<f64>) -> Result<Value, TaskFailure> {
+    async fn invoke<D: TaskDispatcher>(
+        &self,
+        d: &D,
+        resource: &str,
+        input: Value,
+        timeout: Option<f64>,
+    ) -> Result<Value, TaskFailure> {
         let call = d.invoke(resource, input);
         match timeout {
             None => call.await,
             Some(t) => tokio::time::timeout(self.scaled(t), call)
                 .await
-                .unwrap_or_else(|_| Err(TaskFailure::new("States.Timeout", format!("Task did not finish within {t} seconds")))),
+                .unwrap_or_else(|_| {
+                    Err(TaskFailure::new(
+                        "States.Timeout",
+                        format!("Task did not finish within {t} seconds"),
+                    ))
+                }),
         }
     }
 }
 
 /// The current UTC time as RFC 3339 with milliseconds, e.g. `2024-05-01T12:00:00.000Z`.
 fn now_rfc3339() -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let (secs, ms) = (now.as_secs() as i64, now.subsec_millis());
     // Civil date from days since 1970-01-01 (proleptic Gregorian, 400-year eras).
     let z = secs.div_euclid(86_400) + 719_468;
@@ -669,5 +886,10 @@ fn now_rfc3339() -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     let sod = secs.rem_euclid(86_400);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{ms:03}Z", sod / 3600, sod % 3600 / 60, sod % 60)
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
 }

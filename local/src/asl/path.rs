@@ -26,13 +26,21 @@ pub(super) struct Path {
 
 impl Path {
     pub(super) fn root() -> Path {
-        Path { text: "$".into(), context: false, segs: vec![] }
+        Path {
+            text: "$".into(),
+            context: false,
+            segs: vec![],
+        }
     }
 
     pub(super) fn parse(text: &str) -> Result<Path, String> {
         let (context, mut rest) = match text.strip_prefix("$$") {
             Some(r) => (true, r),
-            None => (false, text.strip_prefix('$').ok_or_else(|| format!("path {text:?} must start with '$'"))?),
+            None => (
+                false,
+                text.strip_prefix('$')
+                    .ok_or_else(|| format!("path {text:?} must start with '$'"))?,
+            ),
         };
         let bad = |why: &str| format!("unsupported JSONPath {text:?}: {why}");
         let mut segs = vec![];
@@ -53,14 +61,22 @@ impl Path {
                 segs.push(if quoted {
                     Seg::Key(inner[1..inner.len() - 1].to_string())
                 } else {
-                    Seg::Index(inner.parse().map_err(|_| bad("only [n] and ['key'] are supported"))?)
+                    Seg::Index(
+                        inner
+                            .parse()
+                            .map_err(|_| bad("only [n] and ['key'] are supported"))?,
+                    )
                 });
                 rest = &r[end + 1..];
             } else {
                 return Err(bad("expected '.' or '['"));
             }
         }
-        Ok(Path { text: text.to_string(), context, segs })
+        Ok(Path {
+            text: text.to_string(),
+            context,
+            segs,
+        })
     }
 
     pub(super) fn text(&self) -> &str {
@@ -83,7 +99,12 @@ impl Path {
     }
 
     /// Like [`Path::get`], but a missing value is a `States.Runtime` failure.
-    pub(super) fn resolve(&self, input: &Value, ctx: &Value, field: &str) -> Result<Value, TaskFailure> {
+    pub(super) fn resolve(
+        &self,
+        input: &Value,
+        ctx: &Value,
+        field: &str,
+    ) -> Result<Value, TaskFailure> {
         self.get(input, ctx).cloned().ok_or_else(|| {
             runtime(format!("The JSONPath '{}' specified for the field '{field}' could not be found in the input", self.text))
         })
@@ -92,14 +113,24 @@ impl Path {
     /// Writes `value` at this path inside `root`, creating missing objects on the way (ResultPath).
     pub(super) fn set(&self, mut root: Value, value: Value) -> Result<Value, TaskFailure> {
         let fail = || {
-            let cause = format!("Unable to apply ResultPath '{}' to the state input", self.text);
+            let cause = format!(
+                "Unable to apply ResultPath '{}' to the state input",
+                self.text
+            );
             TaskFailure::new("States.ResultPathMatchFailure", cause)
         };
         let mut cur = &mut root;
         for seg in &self.segs {
             cur = match seg {
-                Seg::Key(k) => cur.as_object_mut().ok_or_else(fail)?.entry(k.clone()).or_insert(Value::Null),
-                Seg::Index(i) => cur.as_array_mut().and_then(|a| a.get_mut(*i)).ok_or_else(fail)?,
+                Seg::Key(k) => cur
+                    .as_object_mut()
+                    .ok_or_else(fail)?
+                    .entry(k.clone())
+                    .or_insert(Value::Null),
+                Seg::Index(i) => cur
+                    .as_array_mut()
+                    .and_then(|a| a.get_mut(*i))
+                    .ok_or_else(fail)?,
             };
         }
         *cur = value;
@@ -129,18 +160,26 @@ impl Template {
                         let Some(name) = k.strip_suffix(".$") else {
                             return Ok((k.clone(), Template::parse(v, &f)?));
                         };
-                        let s = v.as_str().ok_or_else(|| format!("field {f} must be a path or intrinsic function string"))?;
+                        let s = v.as_str().ok_or_else(|| {
+                            format!("field {f} must be a path or intrinsic function string")
+                        })?;
                         let t = if s.starts_with("States.") {
                             Template::Call(Call::parse(s).map_err(|e| format!("field {f}: {e}"))?)
                         } else {
-                            Template::Path(Path::parse(s).map_err(|e| format!("field {f}: {e}"))?, k.clone())
+                            Template::Path(
+                                Path::parse(s).map_err(|e| format!("field {f}: {e}"))?,
+                                k.clone(),
+                            )
                         };
                         Ok((name.to_string(), t))
                     })
                     .collect::<Result<_, String>>()?,
             ),
             Value::Array(a) => Template::Arr(
-                a.iter().enumerate().map(|(i, v)| Template::parse(v, &format!("{field}[{i}]"))).collect::<Result<_, _>>()?,
+                a.iter()
+                    .enumerate()
+                    .map(|(i, v)| Template::parse(v, &format!("{field}[{i}]")))
+                    .collect::<Result<_, _>>()?,
             ),
             other => Template::Lit(other.clone()),
         })
@@ -152,9 +191,17 @@ impl Template {
             Template::Path(p, field) => p.resolve(input, ctx, field)?,
             Template::Call(c) => c.eval(input, ctx)?,
             Template::Obj(fields) => Value::Object(
-                fields.iter().map(|(k, t)| Ok((k.clone(), t.eval(input, ctx)?))).collect::<Result<_, TaskFailure>>()?,
+                fields
+                    .iter()
+                    .map(|(k, t)| Ok((k.clone(), t.eval(input, ctx)?)))
+                    .collect::<Result<_, TaskFailure>>()?,
             ),
-            Template::Arr(items) => Value::Array(items.iter().map(|t| t.eval(input, ctx)).collect::<Result<_, _>>()?),
+            Template::Arr(items) => Value::Array(
+                items
+                    .iter()
+                    .map(|t| t.eval(input, ctx))
+                    .collect::<Result<_, _>>()?,
+            ),
         })
     }
 }
@@ -188,7 +235,11 @@ fn unescape(raw: &str) -> String {
     let mut out = String::new();
     let mut chars = raw.chars();
     while let Some(c) = chars.next() {
-        out.push(if c == '\\' { chars.next().unwrap_or('\\') } else { c });
+        out.push(if c == '\\' {
+            chars.next().unwrap_or('\\')
+        } else {
+            c
+        });
     }
     out
 }
@@ -285,7 +336,9 @@ impl Parser {
                 }
                 Ok(Arg::Str(raw))
             }
-            Some('$') => Ok(Arg::Path(Path::parse(self.take_while(|c| c != ',' && c != ')').trim())?)),
+            Some('$') => Ok(Arg::Path(Path::parse(
+                self.take_while(|c| c != ',' && c != ')').trim(),
+            )?)),
             Some('S') => Ok(Arg::Call(self.call()?)),
             _ => {
                 let text = self.take_while(|c| c != ',' && c != ')');
@@ -300,11 +353,16 @@ impl Parser {
 
 impl Call {
     fn parse(s: &str) -> Result<Call, String> {
-        let mut p = Parser { c: s.chars().collect(), i: 0 };
+        let mut p = Parser {
+            c: s.chars().collect(),
+            i: 0,
+        };
         let call = p.call()?;
         p.ws();
         if p.i != p.c.len() {
-            return Err(format!("unexpected text after intrinsic function call in {s:?}"));
+            return Err(format!(
+                "unexpected text after intrinsic function call in {s:?}"
+            ));
         }
         Ok(call)
     }
@@ -325,23 +383,33 @@ impl Call {
             Func::Array => Ok(Value::Array(vals)),
             Func::JsonToString => Ok(Value::String(vals[0].to_string())),
             Func::StringToJson => {
-                let s = vals[0].as_str().ok_or_else(|| fail("States.StringToJson expects a string"))?;
+                let s = vals[0]
+                    .as_str()
+                    .ok_or_else(|| fail("States.StringToJson expects a string"))?;
                 serde_json::from_str(s).map_err(|e| fail(&format!("States.StringToJson: {e}")))
             }
             Func::Format => {
                 let template = match &self.args[0] {
                     Arg::Str(raw) => raw.clone(),
-                    _ => vals[0].as_str().ok_or_else(|| fail("States.Format template must be a string"))?.replace('\\', "\\\\"),
+                    _ => vals[0]
+                        .as_str()
+                        .ok_or_else(|| fail("States.Format template must be a string"))?
+                        .replace('\\', "\\\\"),
                 };
-                let (mut out, mut args, mut chars) = (String::new(), vals[1..].iter(), template.chars().peekable());
+                let (mut out, mut args, mut chars) =
+                    (String::new(), vals[1..].iter(), template.chars().peekable());
                 while let Some(c) = chars.next() {
                     match c {
                         '\\' => out.extend(chars.next()),
                         '{' if chars.peek() == Some(&'}') => {
                             chars.next();
-                            match args.next().ok_or_else(|| fail("States.Format has more placeholders than arguments"))? {
+                            match args.next().ok_or_else(|| {
+                                fail("States.Format has more placeholders than arguments")
+                            })? {
                                 Value::String(s) => out.push_str(s),
-                                Value::Array(_) | Value::Object(_) => return Err(fail("States.Format arguments must be scalars")),
+                                Value::Array(_) | Value::Object(_) => {
+                                    return Err(fail("States.Format arguments must be scalars"))
+                                }
                                 other => out.push_str(&other.to_string()),
                             }
                         }

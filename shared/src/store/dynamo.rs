@@ -8,8 +8,8 @@ use std::sync::Arc;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, Delete, KeySchemaElement, KeyType, Put,
-    ScalarAttributeType, TimeToLiveSpecification, TransactWriteItem, Update,
+    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, Delete, KeySchemaElement,
+    KeyType, Put, ScalarAttributeType, TimeToLiveSpecification, TransactWriteItem, Update,
 };
 use aws_sdk_dynamodb::Client;
 
@@ -28,7 +28,11 @@ pub struct DynamoStore {
 
 impl DynamoStore {
     pub fn new(client: Client, table: &str) -> Self {
-        DynamoStore { client, table: table.into(), requests: Arc::new(AtomicU64::new(0)) }
+        DynamoStore {
+            client,
+            table: table.into(),
+            requests: Arc::new(AtomicU64::new(0)),
+        }
     }
 
     pub fn table(&self) -> &str {
@@ -37,12 +41,41 @@ impl DynamoStore {
 
     /// Creates the table if missing (local runtime and tests; in AWS the SAM template owns it).
     pub async fn ensure_table(&self) -> Result<(), StoreError> {
-        let exists = self.client.describe_table().table_name(&*self.table).send().await.is_ok();
-        if exists {
-            return Ok(());
+        // ListTables rather than DescribeTable: a missing table is then not an error response.
+        let mut start: Option<String> = None;
+        loop {
+            self.count();
+            let page = self
+                .client
+                .list_tables()
+                .set_exclusive_start_table_name(start)
+                .send()
+                .await
+                .map_err(sdk_err)?;
+            if page
+                .table_names()
+                .iter()
+                .any(|t| t.as_str() == &*self.table)
+            {
+                return Ok(());
+            }
+            start = page.last_evaluated_table_name().map(str::to_string);
+            if start.is_none() {
+                break;
+            }
         }
-        let attr = |n: &str| AttributeDefinition::builder().attribute_name(n).attribute_type(ScalarAttributeType::S).build();
-        let key = |n: &str, t: KeyType| KeySchemaElement::builder().attribute_name(n).key_type(t).build();
+        let attr = |n: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(n)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+        };
+        let key = |n: &str, t: KeyType| {
+            KeySchemaElement::builder()
+                .attribute_name(n)
+                .key_type(t)
+                .build()
+        };
         let res = self
             .client
             .create_table()
@@ -61,8 +94,18 @@ impl DynamoStore {
             }
         }
         // TTL is best effort: emulators differ in support, and nothing depends on expiry for correctness.
-        if let Ok(spec) = TimeToLiveSpecification::builder().attribute_name("ttl").enabled(true).build() {
-            let _ = self.client.update_time_to_live().table_name(&*self.table).time_to_live_specification(spec).send().await;
+        if let Ok(spec) = TimeToLiveSpecification::builder()
+            .attribute_name("ttl")
+            .enabled(true)
+            .build()
+        {
+            let _ = self
+                .client
+                .update_time_to_live()
+                .table_name(&*self.table)
+                .time_to_live_specification(spec)
+                .send()
+                .await;
         }
         Ok(())
     }
@@ -90,7 +133,10 @@ where
 }
 
 fn key_map(key: &Key) -> HashMap<String, AttributeValue> {
-    HashMap::from([("pk".to_string(), AttributeValue::S(key.pk.clone())), ("sk".to_string(), AttributeValue::S(key.sk.clone()))])
+    HashMap::from([
+        ("pk".to_string(), AttributeValue::S(key.pk.clone())),
+        ("sk".to_string(), AttributeValue::S(key.sk.clone())),
+    ])
 }
 
 impl From<&Item> for HashMap<String, AttributeValue> {
@@ -123,22 +169,44 @@ impl TryFrom<HashMap<String, AttributeValue>> for Item {
             None => Ok(None),
             Some(_) => Err(name.to_string()),
         };
-        let corrupt = |reason: String| StoreError::Corrupt { key: "?".into(), reason };
-        let pk = take_s("pk").map_err(|f| corrupt(format!("{f} is not S")))?.ok_or_else(|| corrupt("no pk".into()))?;
-        let sk = take_s("sk").map_err(|f| corrupt(format!("{f} is not S")))?.ok_or_else(|| corrupt("no sk".into()))?;
+        let corrupt = |reason: String| StoreError::Corrupt {
+            key: "?".into(),
+            reason,
+        };
+        let pk = take_s("pk")
+            .map_err(|f| corrupt(format!("{f} is not S")))?
+            .ok_or_else(|| corrupt("no pk".into()))?;
+        let sk = take_s("sk")
+            .map_err(|f| corrupt(format!("{f} is not S")))?
+            .ok_or_else(|| corrupt("no sk".into()))?;
         let key = Key::new(pk, sk);
-        let err = |reason: String| StoreError::Corrupt { key: key.to_string(), reason };
-        let kind = take_s("kind").map_err(|f| err(format!("{f} is not S")))?.unwrap_or_default();
+        let err = |reason: String| StoreError::Corrupt {
+            key: key.to_string(),
+            reason,
+        };
+        let kind = take_s("kind")
+            .map_err(|f| err(format!("{f} is not S")))?
+            .unwrap_or_default();
         let owner = take_s("owner").map_err(|f| err(format!("{f} is not S")))?;
         let doc = match take_s("doc").map_err(|f| err(format!("{f} is not S")))? {
             Some(text) => serde_json::from_str(&text).map_err(|e| err(format!("doc: {e}")))?,
             None => serde_json::Value::Null,
         };
-        let mut item = Item { key: key.clone(), kind, owner, doc, nums: BTreeMap::new(), attrs: BTreeMap::new(), ttl: None };
+        let mut item = Item {
+            key: key.clone(),
+            kind,
+            owner,
+            doc,
+            nums: BTreeMap::new(),
+            attrs: BTreeMap::new(),
+            ttl: None,
+        };
         for (name, v) in m {
             match v {
                 AttributeValue::N(n) => {
-                    let n: i64 = n.parse().map_err(|_| err(format!("{name} is not an integer")))?;
+                    let n: i64 = n
+                        .parse()
+                        .map_err(|_| err(format!("{name} is not an integer")))?;
                     if name == "ttl" {
                         item.ttl = Some(n);
                     } else {
@@ -210,7 +278,12 @@ impl Expr {
 }
 
 /// `SET`/`ADD` clauses of an update.
-fn update_expr(e: &mut Expr, add: &[(String, i64)], set_attrs: &[(String, String)], set_doc: &Option<serde_json::Value>) -> String {
+fn update_expr(
+    e: &mut Expr,
+    add: &[(String, i64)],
+    set_attrs: &[(String, String)],
+    set_doc: &Option<serde_json::Value>,
+) -> String {
     let mut sets: Vec<String> = set_attrs
         .iter()
         .map(|(a, v)| {
@@ -260,7 +333,13 @@ impl DynamoStore {
                 )
                 .build()
             }
-            Write::Update { key, add, set_attrs, set_doc, conds } => {
+            Write::Update {
+                key,
+                add,
+                set_attrs,
+                set_doc,
+                conds,
+            } => {
                 let u = update_expr(&mut e, add, set_attrs, set_doc);
                 let c = e.conds(conds);
                 b.update(
@@ -328,7 +407,13 @@ impl DynamoStore {
                     .await
                     .map_err(sdk_err)?;
             }
-            Write::Update { key, add, set_attrs, set_doc, conds } => {
+            Write::Update {
+                key,
+                add,
+                set_attrs,
+                set_doc,
+                conds,
+            } => {
                 let u = update_expr(&mut e, &add, &set_attrs, &set_doc);
                 let c = e.conds(&conds);
                 self.client
@@ -394,7 +479,12 @@ impl Store for DynamoStore {
         out.item.map(Item::try_from).transpose()
     }
 
-    async fn query(&self, pk: &str, sk_prefix: &str, limit: Option<usize>) -> Result<Vec<Item>, StoreError> {
+    async fn query(
+        &self,
+        pk: &str,
+        sk_prefix: &str,
+        limit: Option<usize>,
+    ) -> Result<Vec<Item>, StoreError> {
         let mut items = Vec::new();
         let mut start = None;
         loop {
@@ -432,27 +522,43 @@ impl Store for DynamoStore {
         match writes.len() {
             0 => Ok(()),
             1 => self.single(writes.remove(0)).await,
-            n if n > 100 => Err(StoreError::Unavailable(format!("transaction of {n} writes exceeds DynamoDB's 100"))),
+            n if n > 100 => Err(StoreError::Unavailable(format!(
+                "transaction of {n} writes exceeds DynamoDB's 100"
+            ))),
             _ => {
-                let items = writes.iter().map(|w| self.transact_item(w)).collect::<Result<Vec<_>, _>>()?;
+                let items = writes
+                    .iter()
+                    .map(|w| self.transact_item(w))
+                    .collect::<Result<Vec<_>, _>>()?;
                 // DynamoDB cancels a transaction that races another on the same item
                 // (TransactionConflict); that is not a failed condition, so try again briefly.
                 let mut backoff = std::time::Duration::from_millis(5);
                 for attempt in 0.. {
                     self.count();
-                    let res = self.client.transact_write_items().set_transact_items(Some(items.clone())).send().await;
+                    let res = self
+                        .client
+                        .transact_write_items()
+                        .set_transact_items(Some(items.clone()))
+                        .send()
+                        .await;
                     let Err(e) = res else { return Ok(()) };
                     let msg = format!("{}", aws_sdk_dynamodb::error::DisplayErrorContext(&e));
                     let reasons: Vec<String> = match e.as_service_error() {
-                        Some(TransactWriteItemsError::TransactionCanceledException(tc)) => {
-                            tc.cancellation_reasons().iter().filter_map(|r| r.code().map(str::to_string)).collect()
-                        }
+                        Some(TransactWriteItemsError::TransactionCanceledException(tc)) => tc
+                            .cancellation_reasons()
+                            .iter()
+                            .filter_map(|r| r.code().map(str::to_string))
+                            .collect(),
                         _ => vec![],
                     };
-                    if reasons.iter().any(|c| c == "ConditionalCheckFailed") || msg.contains("ConditionalCheckFailed") {
+                    if reasons.iter().any(|c| c == "ConditionalCheckFailed")
+                        || msg.contains("ConditionalCheckFailed")
+                    {
                         return Err(StoreError::ConditionFailed);
                     }
-                    let conflict = reasons.iter().any(|c| c == "TransactionConflict") || msg.contains("TransactionConflict") || msg.contains("TransactionInProgress");
+                    let conflict = reasons.iter().any(|c| c == "TransactionConflict")
+                        || msg.contains("TransactionConflict")
+                        || msg.contains("TransactionInProgress");
                     if !conflict || attempt >= 8 {
                         return Err(StoreError::Unavailable(msg));
                     }
@@ -476,7 +582,13 @@ pub fn local_client(endpoint: &str) -> Client {
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
         .endpoint_url(endpoint)
-        .credentials_provider(Credentials::new("local", "local", None, None, "tokenops-local"))
+        .credentials_provider(Credentials::new(
+            "local",
+            "local",
+            None,
+            None,
+            "tokenops-local",
+        ))
         .build();
     Client::from_conf(conf)
 }

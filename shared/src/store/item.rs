@@ -14,7 +14,10 @@ pub struct Key {
 
 impl Key {
     pub fn new(pk: impl Into<String>, sk: impl Into<String>) -> Self {
-        Key { pk: pk.into(), sk: sk.into() }
+        Key {
+            pk: pk.into(),
+            sk: sk.into(),
+        }
     }
     pub fn object(id: &str) -> Self {
         Key::new(format!("OBJ#{id}"), "OBJ")
@@ -49,10 +52,26 @@ pub struct Item {
 
 impl Item {
     pub fn new(key: Key, kind: &str, owner: Option<&str>, doc: serde_json::Value) -> Self {
-        Item { key, kind: kind.into(), owner: owner.map(str::to_string), doc, nums: BTreeMap::new(), attrs: BTreeMap::new(), ttl: None }
+        Item {
+            key,
+            kind: kind.into(),
+            owner: owner.map(str::to_string),
+            doc,
+            nums: BTreeMap::new(),
+            attrs: BTreeMap::new(),
+            ttl: None,
+        }
     }
-    pub fn of<T: Serialize>(key: Key, kind: &str, owner: Option<&str>, value: &T) -> Result<Self, StoreError> {
-        let doc = serde_json::to_value(value).map_err(|e| StoreError::Corrupt { key: key.to_string(), reason: e.to_string() })?;
+    pub fn of<T: Serialize>(
+        key: Key,
+        kind: &str,
+        owner: Option<&str>,
+        value: &T,
+    ) -> Result<Self, StoreError> {
+        let doc = serde_json::to_value(value).map_err(|e| StoreError::Corrupt {
+            key: key.to_string(),
+            reason: e.to_string(),
+        })?;
         Ok(Item::new(key, kind, owner, doc))
     }
     pub fn num(mut self, name: &str, v: i64) -> Self {
@@ -64,7 +83,10 @@ impl Item {
         self
     }
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, StoreError> {
-        serde_json::from_value(self.doc.clone()).map_err(|e| StoreError::Corrupt { key: self.key.to_string(), reason: e.to_string() })
+        serde_json::from_value(self.doc.clone()).map_err(|e| StoreError::Corrupt {
+            key: self.key.to_string(),
+            reason: e.to_string(),
+        })
     }
     pub fn get_num(&self, name: &str) -> i64 {
         self.nums.get(name).copied().unwrap_or(0)
@@ -86,19 +108,40 @@ pub enum Cond {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Write {
-    Put { item: Item, conds: Vec<Cond> },
+    Put {
+        item: Item,
+        conds: Vec<Cond>,
+    },
     /// Add deltas to numbers and set attributes/doc on an existing item.
-    Update { key: Key, add: Vec<(String, i64)>, set_attrs: Vec<(String, String)>, set_doc: Option<serde_json::Value>, conds: Vec<Cond> },
-    Delete { key: Key, conds: Vec<Cond> },
-    Check { key: Key, conds: Vec<Cond> },
+    Update {
+        key: Key,
+        add: Vec<(String, i64)>,
+        set_attrs: Vec<(String, String)>,
+        set_doc: Option<serde_json::Value>,
+        conds: Vec<Cond>,
+    },
+    Delete {
+        key: Key,
+        conds: Vec<Cond>,
+    },
+    Check {
+        key: Key,
+        conds: Vec<Cond>,
+    },
 }
 
 impl Write {
     pub fn create(item: Item) -> Self {
-        Write::Put { item, conds: vec![Cond::NotExists] }
+        Write::Put {
+            item,
+            conds: vec![Cond::NotExists],
+        }
     }
     pub fn put(item: Item) -> Self {
-        Write::Put { item, conds: vec![] }
+        Write::Put {
+            item,
+            conds: vec![],
+        }
     }
     pub fn put_if(item: Item, conds: Vec<Cond>) -> Self {
         Write::Put { item, conds }

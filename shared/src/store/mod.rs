@@ -32,7 +32,10 @@ use crate::error::StoreError;
 
 /// The storage port: read by key, list a partition, write atomically.
 pub trait Store: Send + Sync + Clone + 'static {
-    fn get(&self, key: &Key) -> impl std::future::Future<Output = Result<Option<Item>, StoreError>> + Send;
+    fn get(
+        &self,
+        key: &Key,
+    ) -> impl std::future::Future<Output = Result<Option<Item>, StoreError>> + Send;
     /// Items of one partition whose sort key starts with `sk_prefix`, in sort-key order.
     fn query(
         &self,
@@ -41,7 +44,10 @@ pub trait Store: Send + Sync + Clone + 'static {
         limit: Option<usize>,
     ) -> impl std::future::Future<Output = Result<Vec<Item>, StoreError>> + Send;
     /// All writes happen or none does; any failed condition → [`StoreError::ConditionFailed`].
-    fn transact(&self, writes: Vec<Write>) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
+    fn transact(
+        &self,
+        writes: Vec<Write>,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
     /// Requests sent so far (the bench prints requests per run).
     fn requests(&self) -> u64;
 }
