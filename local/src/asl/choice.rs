@@ -206,7 +206,7 @@ impl Rule {
                         Cmp::Eq => o.is_eq(),
                         Cmp::Lt => o.is_lt(),
                         Cmp::Gt => o.is_gt(),
-                        Cmp::Le => o.is_lt(),
+                        Cmp::Le => o.is_le(),
                         Cmp::Ge => o.is_ge(),
                     }),
                 })

@@ -2,7 +2,7 @@
 //! and the few intrinsic functions we support.
 
 use super::TaskFailure;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// A data-processing failure: ends the execution, is never retried or caught.
 pub(super) fn runtime(cause: impl Into<String>) -> TaskFailure {
@@ -122,11 +122,16 @@ impl Path {
         let mut cur = &mut root;
         for seg in &self.segs {
             cur = match seg {
-                Seg::Key(k) => cur
-                    .as_object_mut()
-                    .ok_or_else(fail)?
-                    .entry(k.clone())
-                    .or_insert(Value::Null),
+                Seg::Key(k) => {
+                    // A missing (or null) intermediate becomes an object, as Step Functions does.
+                    if cur.is_null() {
+                        *cur = Value::Object(Default::default());
+                    }
+                    cur.as_object_mut()
+                        .ok_or_else(fail)?
+                        .entry(k.clone())
+                        .or_insert(Value::Null)
+                }
                 Seg::Index(i) => cur
                     .as_array_mut()
                     .and_then(|a| a.get_mut(*i))
