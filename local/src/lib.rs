@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod asl;
 pub mod bench;
+pub mod emulator;
 pub mod orchestrator;
 pub mod reference;
 pub mod runtime;

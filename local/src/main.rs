@@ -47,6 +47,35 @@ enum Cmd {
         #[command(subcommand)]
         what: VerifyCmd,
     },
+    /// The deployed shape without Docker: runs the function binaries behind a Lambda Invoke API
+    /// and an HTTP API, over an upstream AWS emulator (moto server: start it with MOTO_PORT set to
+    /// --listen's port). Resources come from infra/template.yaml.
+    Emulator {
+        /// The upstream emulator (moto server).
+        #[arg(long, default_value = "http://127.0.0.1:5000")]
+        upstream: String,
+        /// The AWS endpoint this serves (Lambda Invoke + forwarding); moto's MOTO_PORT.
+        #[arg(long, default_value = "127.0.0.1:5001")]
+        listen: String,
+        /// The HTTP API (API Gateway v2 events to the functions).
+        #[arg(long, default_value = "127.0.0.1:8790")]
+        api_listen: String,
+        #[arg(long, default_value = "infra/template.yaml")]
+        template: PathBuf,
+        #[arg(long, default_value = "tokenops")]
+        stack: String,
+        /// Directory of the function binaries (target/debug, or cargo lambda's target/lambda).
+        #[arg(long, default_value = "target/debug")]
+        bin_dir: PathBuf,
+        #[arg(long, default_value_t = 4)]
+        max_instances: usize,
+        /// Override every queue's visibility timeout (seconds), e.g. for fast redelivery in tests.
+        #[arg(long)]
+        visibility_timeout: Option<i64>,
+        /// Write the emulator's info JSON (API URL, endpoint, resources) to this file once ready.
+        #[arg(long)]
+        info_file: Option<PathBuf>,
+    },
     /// Run N reference loops at a concurrency and print throughput, latency and request counts.
     Bench {
         #[arg(long, default_value_t = 100)]
@@ -159,6 +188,52 @@ async fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Cmd::Emulator {
+            upstream,
+            listen,
+            api_listen,
+            template,
+            stack,
+            bin_dir,
+            max_instances,
+            visibility_timeout,
+            info_file,
+        } => {
+            init_logs("info");
+            let opts = tokenops_local::emulator::EmulatorOptions {
+                template,
+                stack,
+                upstream,
+                listen,
+                api_listen,
+                bin_dir,
+                max_instances,
+                visibility_timeout,
+                env: Default::default(),
+            };
+            let emu = match tokenops_local::emulator::Emulator::start(opts).await {
+                Ok(e) => e,
+                Err(e) => {
+                    eprintln!("tokenops emulator: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let info = serde_json::to_string_pretty(&emu.info).unwrap_or_default();
+            if let Some(f) = info_file {
+                if let Err(e) = std::fs::write(&f, &info) {
+                    eprintln!("tokenops emulator: {}: {e}", f.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+            println!("{info}");
+            eprintln!(
+                "tokenops emulator: API {} · AWS endpoint {} (Ctrl-C to stop)",
+                emu.api_url, emu.front_url
+            );
+            let _ = tokio::signal::ctrl_c().await;
+            emu.shutdown();
+            ExitCode::SUCCESS
         }
         Cmd::Bench {
             runs,

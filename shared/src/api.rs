@@ -59,11 +59,22 @@ pub struct Idem {
     key: Key,
     request_hash: String,
     ttl: i64,
+    /// Response fields that are secrets: stored (and so replayed) without them.
+    redact: &'static [&'static str],
 }
 
 /// Responses of these operations carry secrets, so they are never stored for replay; they are
 /// single-use by construction instead (a second claim is refused).
 const NOT_REPLAYED: &[&str] = &["claim_credentials"];
+
+/// One-time secrets in a response: the idempotency record keeps the response without them, so a
+/// replay returns the same agent but never a secret stored in plaintext (spec §7).
+fn redacted_fields(operation: &str) -> &'static [&'static str] {
+    match operation {
+        "create_agent" => &["claim_token"],
+        _ => &[],
+    }
+}
 
 async fn idempotency_start<S: Store>(
     ctx: &Ctx<S>,
@@ -97,6 +108,7 @@ async fn idempotency_start<S: Store>(
         key: Key::new(format!("IDEM#{scope}#{}", sha256_hex(k.as_bytes())), "IDEM"),
         request_hash: hex::encode(h.finalize()),
         ttl: crate::ids::now().unix_timestamp() + ctx.config.idempotency_ttl_secs,
+        redact: redacted_fields(req.operation),
     };
     match replay(&ctx.store, &idem).await? {
         Some(resp) => Ok(Err(resp)),
@@ -163,8 +175,13 @@ pub async fn commit<S: Store>(
 ) -> Result<ApiResponse, StoreError> {
     let mut writes = c.writes;
     if let Some(i) = idem {
-        let body: serde_json::Value =
+        let mut body: serde_json::Value =
             serde_json::from_slice(&c.response.body).unwrap_or(serde_json::Value::Null);
+        if let Some(obj) = body.as_object_mut() {
+            for f in i.redact {
+                obj.remove(*f);
+            }
+        }
         let mut item = Item::new(
             i.key.clone(),
             "idempotency",

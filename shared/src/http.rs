@@ -262,11 +262,11 @@ pub const ROUTES: &[Route] = &[
     r("GET", "/keys", "attestation", false, "get_keys"),
 ];
 
+/// Path parameters bound by a route pattern (`{run_id}` → value).
+pub type PathParams = BTreeMap<String, String>;
+
 /// Finds the route for a method and path; `Err(405)` when the path exists with another method.
-pub fn match_route(
-    method: &str,
-    path: &str,
-) -> Result<Option<(Route, BTreeMap<String, String>)>, ApiError> {
+pub fn match_route(method: &str, path: &str) -> Result<Option<(Route, PathParams)>, ApiError> {
     let segs: Vec<&str> = path.trim_end_matches('/').split('/').collect();
     let mut path_matched = false;
     for route in ROUTES {

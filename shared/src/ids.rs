@@ -57,6 +57,18 @@ pub fn parse_rfc3339(s: &str) -> Option<time::OffsetDateTime> {
     time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
 }
 
+/// A bearer secret (access key, claim token): 32 random bytes, base64url.
+pub fn random_token(prefix: &str) -> String {
+    use base64::Engine as _;
+    use rand::RngCore;
+    let mut b = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut b);
+    format!(
+        "{prefix}_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,16 +83,4 @@ mod tests {
         assert!(parse_id("run", "run_../x", "run_id").is_err());
         assert_eq!(run_object_id("usage", "run_abc"), "usage_abc");
     }
-}
-
-/// A bearer secret (access key, claim token): 32 random bytes, base64url.
-pub fn random_token(prefix: &str) -> String {
-    use base64::Engine as _;
-    use rand::RngCore;
-    let mut b = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut b);
-    format!(
-        "{prefix}_{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
-    )
 }

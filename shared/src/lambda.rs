@@ -25,6 +25,24 @@ fn env(name: &'static str) -> Result<String, ConfigError> {
     std::env::var(name).map_err(|_| ConfigError::Missing(name))
 }
 
+/// The AWS SDK configuration, loaded once per cold start and shared by every client. It honours
+/// `AWS_ENDPOINT_URL` (emulators), the region and the credentials of the Lambda environment.
+pub async fn sdk() -> &'static aws_config::SdkConfig {
+    static SDK: tokio::sync::OnceCell<aws_config::SdkConfig> = tokio::sync::OnceCell::const_new();
+    SDK.get_or_init(|| aws_config::load_defaults(aws_config::BehaviorVersion::latest()))
+        .await
+}
+
+/// The SQS run queue from `QUEUE_URL` (and `DLQ_URL` for the monitor's dead-letter depth).
+pub async fn sqs_queue_from_env() -> Result<crate::queue::SqsQueue, ConfigError> {
+    let dlq = std::env::var("DLQ_URL").ok().filter(|u| !u.is_empty());
+    Ok(crate::queue::SqsQueue::new(
+        aws_sdk_sqs::Client::new(sdk().await),
+        &env("QUEUE_URL")?,
+        dlq.as_deref(),
+    ))
+}
+
 /// A 32-byte seed, base64 (the SAM template passes it from the signing key source).
 pub fn key_from_b64(name: &'static str, raw: &str) -> Result<AttestationKey, ConfigError> {
     let bytes = base64::engine::general_purpose::STANDARD
@@ -39,8 +57,10 @@ pub fn key_from_b64(name: &'static str, raw: &str) -> Result<AttestationKey, Con
 /// Cold-start wiring shared by every function: DynamoDB client (honours `AWS_ENDPOINT_URL`) and
 /// configuration from `TABLE_NAME`, `PUBLIC_BASE_URL`, `ATTESTATION_KEY_SEED`, `TEST_PROVIDER_SECRET`.
 pub async fn ctx_from_env() -> Result<Ctx<DynamoStore>, ConfigError> {
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), &env("TABLE_NAME")?);
+    let store = DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(sdk().await),
+        &env("TABLE_NAME")?,
+    );
     let mut provider_secrets = BTreeMap::new();
     if let Ok(s) = env("TEST_PROVIDER_SECRET") {
         provider_secrets.insert(crate::provider::TEST_PROVIDER.to_string(), s);
@@ -176,9 +196,8 @@ pub struct StepFunctions {
 
 impl StepFunctions {
     pub async fn from_env() -> Result<Self, ConfigError> {
-        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
         Ok(StepFunctions {
-            client: aws_sdk_sfn::Client::new(&sdk),
+            client: aws_sdk_sfn::Client::new(sdk().await),
             state_machine_arn: env("STATE_MACHINE_ARN")?,
         })
     }

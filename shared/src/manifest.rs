@@ -54,7 +54,9 @@ pub fn openapi(base_url: &str) -> Value {
             op["security"] = json!([{"accessKey": []}]);
         }
         if r.method == "POST" {
-            op["parameters"].as_array_mut().map(|a| a.push(json!({"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string", "maxLength": 255}})));
+            if let Some(a) = op["parameters"].as_array_mut() {
+                a.push(json!({"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string", "maxLength": 255}}));
+            }
         }
         let entry = paths
             .entry(r.pattern.to_string())

@@ -11,12 +11,18 @@ use crate::proof::webhook;
 pub const TEST_PROVIDER: &str = "test_provider";
 pub const PROVIDERS: &[&str] = &[TEST_PROVIDER];
 
+/// A webhook ready to send: (headers, body).
+pub type SignedWebhook = (Vec<(String, String)>, Vec<u8>);
+
 #[derive(Clone)]
 pub struct TestProvider {
     http: reqwest::Client,
     api_base: String,
     secret: String,
     delay: Duration,
+    /// Confirm before `request_payment` returns (Lambda: a sandbox is frozen once it has
+    /// answered, so a background task would not run); otherwise confirm from a background task.
+    inline: bool,
 }
 
 impl TestProvider {
@@ -26,7 +32,37 @@ impl TestProvider {
             api_base: api_base.trim_end_matches('/').into(),
             secret: secret.into(),
             delay,
+            inline: false,
         }
+    }
+
+    /// Confirmation before `request_payment` returns, for runtimes that freeze after a response.
+    pub fn confirm_inline(mut self) -> Self {
+        self.inline = true;
+        self
+    }
+
+    /// Posts the signed confirmation, retrying transport and 5xx failures with backoff.
+    async fn confirm(self, route: ProviderRoute) {
+        tokio::time::sleep(self.delay).await;
+        let event_id = format!("evt_{}", crate::ids::suffix(&route.settlement_id));
+        let url = format!("{}/providers/{TEST_PROVIDER}/confirmations", self.api_base);
+        for attempt in 0..6u32 {
+            let Ok((headers, body)) =
+                TestProvider::signed_confirmation(&self.secret, &route, &event_id)
+            else {
+                return;
+            };
+            let mut req = self.http.post(&url).body(body);
+            for (k, v) in headers {
+                req = req.header(k, v);
+            }
+            match req.send().await {
+                Ok(r) if r.status().is_success() || r.status().is_client_error() => return,
+                _ => tokio::time::sleep(Duration::from_millis(100 << attempt)).await,
+            }
+        }
+        tracing::warn!(settlement_id = %route.settlement_id, "test_provider gave up confirming");
     }
 
     /// The signed webhook the provider sends: (headers, body).
@@ -34,7 +70,7 @@ impl TestProvider {
         secret: &str,
         route: &ProviderRoute,
         event_id: &str,
-    ) -> Result<(Vec<(String, String)>, Vec<u8>), String> {
+    ) -> Result<SignedWebhook, String> {
         let body = serde_json::to_vec(&ProviderConfirmation {
             provider_event_id: event_id.into(),
             settlement_reference: route.settlement_id.clone(),
@@ -59,30 +95,13 @@ impl TestProvider {
 
 impl SettlementProvider for TestProvider {
     async fn request_payment(&self, route: &ProviderRoute) -> Result<(), String> {
-        let this = self.clone();
-        let route = route.clone();
         // Like a real provider, the confirmation arrives later and is retried until accepted.
-        tokio::spawn(async move {
-            tokio::time::sleep(this.delay).await;
-            let event_id = format!("evt_{}", crate::ids::suffix(&route.settlement_id));
-            let url = format!("{}/providers/{TEST_PROVIDER}/confirmations", this.api_base);
-            for attempt in 0..6u32 {
-                let Ok((headers, body)) =
-                    TestProvider::signed_confirmation(&this.secret, &route, &event_id)
-                else {
-                    return;
-                };
-                let mut req = this.http.post(&url).body(body);
-                for (k, v) in headers {
-                    req = req.header(k, v);
-                }
-                match req.send().await {
-                    Ok(r) if r.status().is_success() || r.status().is_client_error() => return,
-                    _ => tokio::time::sleep(Duration::from_millis(100 << attempt)).await,
-                }
-            }
-            tracing::warn!(settlement_id = %route.settlement_id, "test_provider gave up confirming");
-        });
+        let confirm = self.clone().confirm(route.clone());
+        if self.inline {
+            confirm.await;
+        } else {
+            tokio::spawn(confirm);
+        }
         Ok(())
     }
 }

@@ -79,3 +79,25 @@ pub async fn wait_delivered(agent: &Agent, run_id: &str) -> Value {
         .await
         .expect("run delivered and attested")
 }
+
+/// Every item in the runtime's table (a full scan): tests assert that refused requests write nothing.
+pub async fn item_count(rt: &Runtime) -> usize {
+    let client = tokenops::store::local_client(&rt.dynamodb_endpoint);
+    let mut start = None;
+    let mut n = 0usize;
+    loop {
+        let page = client
+            .scan()
+            .table_name(tokenops_local::runtime::TABLE)
+            .select(aws_sdk_dynamodb::types::Select::Count)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .expect("scan");
+        n += page.count() as usize;
+        start = page.last_evaluated_key().cloned();
+        if start.is_none() {
+            return n;
+        }
+    }
+}

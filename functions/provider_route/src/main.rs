@@ -16,8 +16,9 @@ async fn main() -> Result<(), Error> {
     let provider = &TestProvider::new(
         &ctx.config.public_base_url,
         &secret,
-        std::time::Duration::from_secs(1),
-    );
+        std::time::Duration::ZERO,
+    )
+    .confirm_inline();
     run(service_fn(move |req: Request| async move {
         Ok::<_, Error>(lambda::response_to_http(
             provider_route::handle(ctx, provider, lambda::request_from_http(req)).await,

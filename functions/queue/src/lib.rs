@@ -31,7 +31,10 @@ pub async fn handle<S: Store, Q: RunQueue>(
         match call.req.operation {
             "queue_monitor" => {
                 call.caller.agent()?;
-                let stats = queue.stats().await?;
+                let mut stats = queue.stats().await?;
+                stats.oldest_age_seconds = stats
+                    .oldest_age_seconds
+                    .max(tokenops::queue::oldest_pending_age_secs(&ctx.store).await?);
                 let hb = ctx
                     .store
                     .get(&heartbeat_key())
@@ -70,6 +73,7 @@ pub async fn dispatch<S: Store, O: Orchestrator>(
                     state = rec.payload.state.as_str(),
                     "run not dispatchable; message dropped"
                 );
+                clear_pending(ctx, msg).await?;
                 return Ok("dropped".into());
             }
             Transition::Go => {
@@ -97,13 +101,16 @@ pub async fn dispatch<S: Store, O: Orchestrator>(
                             ctx.config.url(&format!("/runs/{}", qs.run_id)),
                             jcs::digest(&qs).ok(),
                         );
-                        let writes = vec![Write::create(object_item(
-                            &qs.queue_state_id,
-                            "queue_state",
-                            &payload.agent_id,
-                            Some(&qs.run_id),
-                            &qs,
-                        )?)];
+                        let writes = vec![
+                            Write::create(object_item(
+                                &qs.queue_state_id,
+                                "queue_state",
+                                &payload.agent_id,
+                                Some(&qs.run_id),
+                                &qs,
+                            )?),
+                            tokenops::queue::dispatched_write(msg),
+                        ];
                         Ok(Step {
                             object_id: qs.queue_state_id,
                             payload,
@@ -120,34 +127,45 @@ pub async fn dispatch<S: Store, O: Orchestrator>(
     } else {
         let rec = load(&ctx.store, &run_id).await?;
         if rec.payload.state != RunState::Replaying {
+            clear_pending(ctx, msg).await?;
             return Ok("dropped".into());
         }
     }
     orch.start(&name, json!({ "run_id": run_id })).await?;
+    if msg.replay > 0 {
+        clear_pending(ctx, msg).await?;
+    }
     Ok(name)
 }
 
-/// Processes a batch; returns the message ids that failed (SQS partial batch response).
-pub async fn process_batch<S: Store, Q: RunQueue, O: Orchestrator>(
+async fn clear_pending<S: Store>(ctx: &Ctx<S>, msg: &RunMessage) -> Result<(), TaskError> {
+    ctx.store
+        .transact(vec![tokenops::queue::dispatched_write(msg)])
+        .await
+        .map_err(TaskError::from)
+}
+
+/// Handles a batch (SQS event records, or what the local queue delivered) and writes the consumer
+/// heartbeat. Returns the message ids that failed: SQS redelivers them (partial batch response);
+/// records that are not run messages arrive as `Err(message_id)` and fail too, so after
+/// `maxReceiveCount` receives they land in the dead-letter queue.
+pub async fn consume<S: Store, O: Orchestrator>(
     ctx: &Ctx<S>,
-    queue: &Q,
     orch: &O,
-    batch: Vec<Delivery>,
+    batch: &[Result<Delivery, String>],
 ) -> Vec<String> {
     let mut failed = Vec::new();
-    let n = batch.len();
     for d in batch {
-        match dispatch(ctx, orch, &d).await {
-            Ok(_) => {
-                if let Err(e) = queue.ack(&d).await {
-                    tracing::warn!(message_id = %d.message_id, error = %e, "ack failed; the message will be redelivered");
+        match d {
+            Ok(d) => {
+                if let Err(e) = dispatch(ctx, orch, d).await {
+                    tracing::warn!(message_id = %d.message_id, receive_count = d.receive_count, error = %e, "dispatch failed; left for redelivery");
+                    failed.push(d.message_id.clone());
                 }
             }
-            // Not acked: redelivered after the visibility timeout; a poison message (no such run,
-            // malformed body) ends in the dead-letter queue after the maximum receives.
-            Err(e) => {
-                tracing::warn!(message_id = %d.message_id, receive_count = d.receive_count, error = %e, "dispatch failed; left for redelivery");
-                failed.push(d.message_id.clone());
+            Err(id) => {
+                tracing::warn!(message_id = %id, "not a run message; left for the dead-letter queue");
+                failed.push(id.clone());
             }
         }
     }
@@ -155,10 +173,30 @@ pub async fn process_batch<S: Store, Q: RunQueue, O: Orchestrator>(
         heartbeat_key(),
         "heartbeat",
         None,
-        json!({"at": now_rfc3339(), "last_batch": n}),
+        json!({"at": now_rfc3339(), "last_batch": batch.len(), "last_batch_failures": failed.len()}),
     );
     if let Err(e) = ctx.store.transact(vec![Write::put(hb)]).await {
         tracing::warn!(error = %e, "heartbeat not written");
+    }
+    failed
+}
+
+/// The local consumer: [`consume`], then delete what succeeded (Lambda does this for SQS).
+pub async fn process_batch<S: Store, Q: RunQueue, O: Orchestrator>(
+    ctx: &Ctx<S>,
+    queue: &Q,
+    orch: &O,
+    batch: Vec<Delivery>,
+) -> Vec<String> {
+    let records: Vec<Result<Delivery, String>> = batch.into_iter().map(Ok).collect();
+    let failed = consume(ctx, orch, &records).await;
+    for d in records.iter().flatten() {
+        if failed.contains(&d.message_id) {
+            continue;
+        }
+        if let Err(e) = queue.ack(d).await {
+            tracing::warn!(message_id = %d.message_id, error = %e, "ack failed; the message will be redelivered");
+        }
     }
     failed
 }

@@ -242,6 +242,10 @@ async fn create<S: Store, Q: RunQueue>(
         Some(&run_id),
         &r.evidence,
     )?));
+    writes.push(tokenops::queue::pending_write(&RunMessage {
+        run_id: run_id.clone(),
+        replay: 0,
+    }));
     let body = json!({"run_id": run_id, "state": "queued", "run_contract": contract, "links": {"run": link_url(ctx, &format!("/runs/{run_id}"))}});
     let resp = match commit(
         &ctx.store,
@@ -258,8 +262,10 @@ async fn create<S: Store, Q: RunQueue>(
         }
         Err(e) => return Err(e.into()),
     };
-    // Enqueue after commit. A replayed request re-sends while the run is still queued, so a lost
-    // send is repaired by retrying; the queue stage dispatches a run only once.
+    // Enqueue after commit. If this request lost a race to an identical one (same key), it sends
+    // too while the run is still queued: the queue stage dispatches a run only once. A send lost
+    // after the commit is not re-sent by a retry (the stored response is replayed); the pending
+    // index (`PENDING/<run>`) records it — see the notes on an outbox relay.
     let run_id = resp.json_body()["run_id"]
         .as_str()
         .unwrap_or_default()
@@ -447,6 +453,10 @@ async fn supply_evidence<S: Store, Q: RunQueue>(
         )?));
     }
     writes.push(rec.save(payload)?);
+    writes.push(tokenops::queue::pending_write(&RunMessage {
+        run_id: run_id.clone(),
+        replay: n,
+    }));
     let resp = match commit(
         &ctx.store,
         call.idem.as_ref(),

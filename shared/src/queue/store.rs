@@ -1,4 +1,4 @@
-//! The local run queue: SQS semantics on the table itself, so it survives a restart of the local
+//! The table-backed run queue (embedded default): SQS semantics on the table itself, so it survives a restart of the local
 //! runtime and needs no second store. At-least-once delivery; a received message is invisible for
 //! the visibility timeout, then redelivered; after `max_receives` receives it moves to the
 //! dead-letter queue. The SQS adapter (AWS plane) implements the same port.

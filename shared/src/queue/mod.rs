@@ -1,0 +1,55 @@
+//! Adapters of the [`RunQueue`](crate::ports::RunQueue) port: [`StoreQueue`] (SQS semantics on the
+//! table itself; the embedded default) and [`SqsQueue`] (Amazon SQS; AWS and emulators).
+//!
+//! Both planes also keep a *pending index* in the table (`PENDING` / `<execution name>`, written
+//! with the run or replay and deleted when the queue stage dispatches it): SQS has no "age of the
+//! oldest message" attribute, so `GET /queue` reads it from there.
+
+mod sqs;
+mod store;
+
+pub use sqs::SqsQueue;
+pub use store::StoreQueue;
+
+use crate::model::RunMessage;
+use crate::store::{Item, Key, Write};
+
+fn pending_key(execution_name: &str) -> Key {
+    Key::new("PENDING", execution_name)
+}
+
+/// The write that records a message as waiting for dispatch (in the enqueuing stage's transaction).
+pub fn pending_write(msg: &RunMessage) -> Write {
+    let name = msg.execution_name();
+    let now_ms = (crate::ids::now().unix_timestamp_nanos() / 1_000_000) as i64;
+    let item = Item::new(
+        pending_key(&name),
+        "pending_run",
+        None,
+        serde_json::json!({"run_id": msg.run_id, "replay": msg.replay}),
+    )
+    .num("queued_at_ms", now_ms);
+    Write::put(item)
+}
+
+/// The write that clears it (in the queue stage's dispatch).
+pub fn dispatched_write(msg: &RunMessage) -> Write {
+    Write::Delete {
+        key: pending_key(&msg.execution_name()),
+        conds: vec![],
+    }
+}
+
+/// Age in seconds of the oldest message still waiting for dispatch (0 when none).
+pub async fn oldest_pending_age_secs<S: crate::store::Store>(
+    store: &S,
+) -> Result<i64, crate::error::StoreError> {
+    let now_ms = (crate::ids::now().unix_timestamp_nanos() / 1_000_000) as i64;
+    let oldest = store
+        .query("PENDING", "run_", None)
+        .await?
+        .iter()
+        .map(|i| i.get_num("queued_at_ms"))
+        .min();
+    Ok(oldest.map(|t| ((now_ms - t) / 1000).max(0)).unwrap_or(0))
+}
