@@ -8,10 +8,10 @@ run:
 serve:
 	cargo run --bin tokenops -- serve --port 8787
 
-# The resume test drives the real `tokenops` binary, so build it before the tests.
+# Every test: builds all binaries, installs moto into .venv, starts moto + `tokenops emulator`,
+# runs `cargo test --workspace` against them (scripts/test-all), and stops them.
 test:
-	cargo build --bin tokenops
-	cargo test --workspace
+	scripts/test-all
 
 check:
 	cargo fmt --all -- --check

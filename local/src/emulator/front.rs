@@ -32,17 +32,33 @@ fn one() -> u32 {
 }
 
 #[derive(Clone, Default)]
-pub struct Faults(Arc<Mutex<Vec<Fault>>>);
+pub struct Faults {
+    pending: Arc<Mutex<Vec<Fault>>>,
+    /// Every fault that fired, with the payload it hit (tests assert their fault really fired).
+    fired: Arc<Mutex<Vec<serde_json::Value>>>,
+}
 
 impl Faults {
     pub fn add(&self, f: Fault) {
-        if let Ok(mut v) = self.0.lock() {
+        if let Ok(mut v) = self.pending.lock() {
             v.push(f);
         }
     }
+    pub fn report(&self) -> serde_json::Value {
+        let pending = self.pending.lock().map(|v| v.clone()).unwrap_or_default();
+        let fired = self.fired.lock().map(|v| v.clone()).unwrap_or_default();
+        json!({"pending": pending, "fired": fired})
+    }
     /// Consumes one matching fault, if any.
     fn take(&self, function: &str, payload: &[u8]) -> Option<Fault> {
-        let mut v = self.0.lock().ok()?;
+        let f = self.take_pending(function, payload)?;
+        if let Ok(mut fired) = self.fired.lock() {
+            fired.push(json!({"function": function, "error_type": f.error_type, "payload": String::from_utf8_lossy(payload)}));
+        }
+        Some(f)
+    }
+    fn take_pending(&self, function: &str, payload: &[u8]) -> Option<Fault> {
+        let mut v = self.pending.lock().ok()?;
         let text = String::from_utf8_lossy(payload);
         let i = v.iter().position(|f| {
             f.times > 0
@@ -141,6 +157,7 @@ pub async fn handle(State(front): State<Front>, req: Request) -> Response {
     }
     match (parts.method.as_str(), path) {
         ("GET", "/_emulator/info") => return json_response(200, &front.info),
+        ("GET", "/_emulator/faults") => return json_response(200, &front.faults.report()),
         ("POST", "/_emulator/faults") => {
             return match serde_json::from_slice::<Fault>(&body) {
                 Ok(f) => {

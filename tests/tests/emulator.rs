@@ -1,0 +1,136 @@
+//! The loop through the deployed shape on an emulator: HTTP API → API functions → SQS → queue
+//! function → Step Functions (moto's engine executing infra/statemachine.asl.json) → every task
+//! function binary → callback received and verified. `make test` starts moto and
+//! `tokenops emulator` and names the emulator's AWS endpoint in `TOKENOPS_EMULATOR`; run alone
+//! without it, these tests say so and pass (CI sets `TOKENOPS_REQUIRE_EMULATOR`, which makes a
+//! missing emulator a failure).
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokenops_local::agent::{full_evidence, Agent, Receiver};
+
+/// One emulator serves this whole binary: tests take turns, so an injected fault hits the test
+/// that injected it.
+static EMULATOR: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The emulator's info (`GET /_emulator/info`), or None when no emulator is configured.
+async fn emulator() -> Option<Value> {
+    let Ok(endpoint) = std::env::var("TOKENOPS_EMULATOR") else {
+        assert!(
+            std::env::var("TOKENOPS_REQUIRE_EMULATOR").is_err(),
+            "TOKENOPS_REQUIRE_EMULATOR is set but TOKENOPS_EMULATOR is not"
+        );
+        eprintln!("skipped: TOKENOPS_EMULATOR is not set (make test starts the emulator)");
+        return None;
+    };
+    let body = reqwest::get(format!("{endpoint}/_emulator/info"))
+        .await
+        .expect("emulator reachable")
+        .bytes()
+        .await
+        .expect("emulator info");
+    Some(serde_json::from_slice(&body).expect("emulator info is JSON"))
+}
+
+async fn add_fault(info: &Value, fault: Value) {
+    let endpoint = info["endpoint_url"].as_str().unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("{endpoint}/_emulator/faults"))
+        .body(fault.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_and_evidence_gap_scenarios_through_the_emulator() {
+    let _turn = EMULATOR.lock().await;
+    let Some(info) = emulator().await else { return };
+    let api = info["api_url"].as_str().unwrap();
+    // Both scenarios of `tokenops reference-run`, against the emulated deployment: the full loop
+    // with a verified callback, attestation and ledger, then evidence gap → exception ticket →
+    // evidence supplied → replay → delivered.
+    let run = tokenops_local::reference::play(api)
+        .await
+        .expect("both scenarios complete through the emulator");
+    assert_eq!(run["state"], "callback_delivered");
+    assert_eq!(run["next_action"], "ready_for_downstream_agent");
+    assert_eq!(
+        run["objects"].as_object().unwrap().len(),
+        tokenops::model::PATH.len(),
+        "an object for every stage"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redelivered_messages_and_retried_tasks_have_one_effect() {
+    let _turn = EMULATOR.lock().await;
+    let Some(info) = emulator().await else { return };
+    let api = info["api_url"].as_str().unwrap();
+    let receiver = Receiver::default();
+    let cb = receiver.start().await.unwrap();
+    let agent = Agent::onboard(api, "emulator-retry-agent", &cb)
+        .await
+        .unwrap();
+    receiver.add_secret(&agent.callback_secret);
+    let (quote, route, ent) = agent.fund(3).await.unwrap();
+    let ent_id = ent["credit_entitlement_id"].as_str().unwrap().to_string();
+    let stl = route["settlement_id"].as_str().unwrap();
+    // The usage receipt (the capture) and the callback run, then their responses are lost:
+    // Step Functions retries both tasks. The queue function's first delivery fails too, so SQS
+    // redelivers the message.
+    for function in ["usage_receipt", "callback", "queue"] {
+        add_fault(
+            &info,
+            json!({"function": function, "error_type": "StoreUnavailable", "after_invoke": true}),
+        )
+        .await;
+    }
+    let body = agent.run_request(&quote, &ent, full_evidence(&ent_id, stl), &cb);
+    let created = agent.ok("POST", "/runs", Some(&body)).await.unwrap();
+    let run_id = created["run_id"].as_str().unwrap().to_string();
+    let done = agent
+        .wait(&format!("/runs/{run_id}"), Duration::from_secs(120), |r| {
+            r["state"] == "callback_delivered" && r["attested"] == true
+        })
+        .await
+        .expect("run delivered despite the retried task");
+    assert_eq!(done["next_action"], "ready_for_downstream_agent");
+    let balances = agent
+        .ok("GET", &format!("/credit-entitlements/{ent_id}"), None)
+        .await
+        .unwrap()["balances"]
+        .clone();
+    assert_eq!(
+        balances,
+        json!({"funded": 3, "available": 2, "held": 0, "captured": 1, "released": 0}),
+        "one capture despite the retry"
+    );
+    assert_eq!(receiver.verified_for(&run_id).len(), 1, "one callback");
+    let ledger = agent.ok("GET", "/ledger/verify", None).await.unwrap();
+    assert_eq!(ledger["valid"], true);
+    // Each fault really fired, on this run.
+    let endpoint = info["endpoint_url"].as_str().unwrap();
+    let faults: Value = serde_json::from_slice(
+        &reqwest::get(format!("{endpoint}/_emulator/faults"))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    for function in ["usage_receipt", "callback", "queue"] {
+        assert!(
+            faults["fired"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["function"].as_str().unwrap().ends_with(function)
+                    && f["payload"].as_str().unwrap().contains(&run_id)),
+            "fault on {function} did not fire for {run_id}: {faults}"
+        );
+    }
+}
