@@ -22,18 +22,12 @@ pub const ASL: &str = include_str!("../../infra/statemachine.asl.json");
 
 /// `${XFunctionArn}` → `local:<stage>`: the same names SAM's DefinitionSubstitutions fill.
 pub fn local_substitutions() -> BTreeMap<String, String> {
-    [
-        "tokenops_execution",
-        "result_contract",
-        "settlement_receipt",
-        "usage_receipt",
-        "callback",
-        "ledger",
-        "attestation",
-    ]
-    .iter()
-    .map(|s| (format!("{}FunctionArn", pascal(s)), format!("local:{s}")))
-    .collect()
+    // The Step Functions tasks: every stage after the queue.
+    tokenops::model::PATH
+        .iter()
+        .skip_while(|s| **s != "tokenops_execution")
+        .map(|s| (format!("{}FunctionArn", pascal(s)), format!("local:{s}")))
+        .collect()
 }
 
 pub fn pascal(stage: &str) -> String {

@@ -5,7 +5,7 @@ use axum::body::{to_bytes, Body};
 use axum::extract::{Request, State};
 use axum::response::Response;
 use tokenops::error::ApiError;
-use tokenops::http::{match_route, parse_query, ApiRequest, ApiResponse, MAX_BODY_BYTES};
+use tokenops::http::{match_route, ApiRequest, ApiResponse, MAX_BODY_BYTES};
 use tokenops::ports::HttpSender;
 use tokenops::provider::TestProvider;
 use tokio::net::TcpListener;
@@ -54,23 +54,7 @@ async fn handler(State(app): State<App>, req: Request) -> Response {
     let started = std::time::Instant::now();
     let api = match to_bytes(body, MAX_BODY_BYTES + 1).await {
         Ok(bytes) => {
-            let headers = parts
-                .headers
-                .iter()
-                .filter_map(|(k, v)| {
-                    v.to_str()
-                        .ok()
-                        .map(|v| (k.as_str().to_ascii_lowercase(), v.to_string()))
-                })
-                .collect();
-            let req = ApiRequest {
-                method: parts.method.as_str().to_string(),
-                path: parts.uri.path().to_string(),
-                query: parse_query(parts.uri.query().unwrap_or("")),
-                headers,
-                body: bytes.to_vec(),
-                ..Default::default()
-            };
+            let req = ApiRequest::from_http(&parts, bytes.to_vec());
             dispatch(&app, req).await
         }
         Err(_) => ApiResponse::problem(&ApiError::too_large(MAX_BODY_BYTES)),

@@ -25,6 +25,28 @@ pub struct ApiRequest {
 }
 
 impl ApiRequest {
+    /// From an HTTP request's parts (the local server and `lambda_http` both hand us these);
+    /// header names lower-cased, non-UTF-8 header values dropped.
+    pub fn from_http(parts: &http::request::Parts, body: Vec<u8>) -> ApiRequest {
+        let headers = parts
+            .headers
+            .iter()
+            .filter_map(|(k, v)| {
+                v.to_str()
+                    .ok()
+                    .map(|v| (k.as_str().to_ascii_lowercase(), v.to_string()))
+            })
+            .collect();
+        ApiRequest {
+            method: parts.method.as_str().to_string(),
+            path: parts.uri.path().to_string(),
+            query: parse_query(parts.uri.query().unwrap_or("")),
+            headers,
+            body,
+            ..Default::default()
+        }
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).map(String::as_str)
     }

@@ -148,23 +148,7 @@ pub fn response_to_apigw_v2(r: &ApiResponse) -> Value {
 /// `lambda_http` request → request.
 pub fn request_from_http(req: lambda_http::Request) -> ApiRequest {
     let (parts, body) = req.into_parts();
-    let headers = parts
-        .headers
-        .iter()
-        .filter_map(|(k, v)| {
-            v.to_str()
-                .ok()
-                .map(|v| (k.as_str().to_ascii_lowercase(), v.to_string()))
-        })
-        .collect();
-    ApiRequest {
-        method: parts.method.as_str().to_string(),
-        path: parts.uri.path().to_string(),
-        query: parse_query(parts.uri.query().unwrap_or("")),
-        headers,
-        body: body.to_vec(),
-        ..Default::default()
-    }
+    ApiRequest::from_http(&parts, body.to_vec())
 }
 
 pub fn response_to_http(r: ApiResponse) -> lambda_http::Response<lambda_http::Body> {

@@ -98,9 +98,7 @@ pub async fn run_task<S: Store, C: CallbackSender>(
     )
     .await?;
     if out.state == RunState::CallbackFailed {
-        let rec = load(&ctx.store, &run_id).await?;
         let attempts = ctx.config.callback_retry.attempts;
-        let _ = rec;
         return Err(TaskError::CallbackDeliveryFailed {
             attempts,
             last_error: "every attempt failed; see the callback record".into(),
