@@ -1,6 +1,7 @@
 # Tiers: `make run` (the reference loop), `make test` (every test), `make check` (fmt + clippy),
-# `make bench` (throughput on the embedded default). All build what they need.
-.PHONY: run serve test check bench
+# `make infra` (the SAM template's offline checks + `sam build`; part of `make test`),
+# `make bench` (throughput on the embedded default). All build and install what they need.
+.PHONY: run serve test check infra bench
 
 run:
 	cargo run --bin tokenops -- reference-run
@@ -8,10 +9,14 @@ run:
 serve:
 	cargo run --bin tokenops -- serve --port 8787
 
-# Every test: builds all binaries, installs moto into .venv, starts moto + `tokenops emulator`,
-# runs `cargo test --workspace` against them (scripts/test-all), and stops them.
+# Every test: builds all binaries, installs the Python tools into .venv, starts moto +
+# `tokenops emulator`, runs `cargo test --workspace` against them, stops them, then runs
+# scripts/check-infra (scripts/test-all).
 test:
 	scripts/test-all
+
+infra:
+	scripts/check-infra
 
 check:
 	cargo fmt --all -- --check

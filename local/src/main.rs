@@ -84,6 +84,10 @@ enum Cmd {
         concurrency: usize,
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Bench a running deployment instead of the embedded default: its API base URL (the
+        /// emulator's API, or a deployed stack's). DynamoDB requests are then not counted.
+        #[arg(long, conflicts_with = "data_dir")]
+        api: Option<String>,
     },
 }
 
@@ -239,18 +243,29 @@ async fn main() -> ExitCode {
             runs,
             concurrency,
             data_dir,
+            api,
         } => {
             init_logs("error,dynoxide=off");
-            let dir = data_dir.unwrap_or_else(|| temp_dir("bench"));
-            let rt = match Runtime::start(Options::new(&dir, 0)).await {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("bench: {e}");
-                    return ExitCode::FAILURE;
+            let report = match api {
+                Some(api) => bench::run(&api, runs, concurrency, || None).await,
+                None => {
+                    let dir = data_dir.unwrap_or_else(|| temp_dir("bench"));
+                    let rt = match Runtime::start(Options::new(&dir, 0)).await {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            eprintln!("bench: {e}");
+                            return ExitCode::FAILURE;
+                        }
+                    };
+                    let store = rt.ctx.store.clone();
+                    let report = bench::run(&rt.base_url, runs, concurrency, || {
+                        Some(tokenops::store::Store::requests(&store))
+                    })
+                    .await;
+                    rt.shutdown().await;
+                    report
                 }
             };
-            let report = bench::run(&rt, runs, concurrency).await;
-            rt.shutdown().await;
             match report {
                 Ok(r) => {
                     println!("{}", r.to_json());

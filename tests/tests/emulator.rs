@@ -134,3 +134,52 @@ async fn redelivered_messages_and_retried_tasks_have_one_effect() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_lands_in_the_dead_letter_queue_and_shows_in_get_queue() {
+    let _turn = EMULATOR.lock().await;
+    let Some(info) = emulator().await else { return };
+    let api = info["api_url"].as_str().unwrap();
+    let endpoint = info["endpoint_url"].as_str().unwrap();
+    let queue_url = info["resources"]["RunQueue"]["url"]
+        .as_str()
+        .expect("the emulator created RunQueue");
+    let receiver = Receiver::default();
+    let cb = receiver.start().await.unwrap();
+    let agent = Agent::onboard(api, "emulator-poison-agent", &cb)
+        .await
+        .unwrap();
+    let before = agent.ok("GET", "/queue", None).await.unwrap()["queue"].clone();
+    let dead_before = before["dead_letter_depth"].as_i64().unwrap();
+    assert!(
+        before["max_receives"].as_i64().unwrap() > 1,
+        "the run queue has a redrive policy: {before}"
+    );
+
+    // Not a run message: the queue function fails it on every receive (partial batch failure),
+    // so after maxReceiveCount receives SQS moves it to the dead-letter queue.
+    let sent = tokenops_local::emulator::sqs_client(endpoint)
+        .send_message()
+        .queue_url(queue_url)
+        .message_body(r#"{"not": "a run message"}"#)
+        .send()
+        .await
+        .expect("SendMessage through the emulator");
+    assert!(sent.message_id.is_some(), "SQS accepted the message");
+    let after = agent
+        .wait("/queue", Duration::from_secs(90), |q| {
+            q["queue"]["dead_letter_depth"].as_i64() > Some(dead_before)
+        })
+        .await
+        .expect("the poison message reaches the dead-letter queue");
+    assert_eq!(
+        after["queue"]["dead_letter_depth"].as_i64().unwrap(),
+        dead_before + 1,
+        "exactly the poison message was dead-lettered: {after}"
+    );
+    // The consumer kept running and reported the failures in its heartbeat.
+    assert!(
+        after["consumer_heartbeat"]["at"].is_string(),
+        "heartbeat present: {after}"
+    );
+}

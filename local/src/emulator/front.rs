@@ -1,8 +1,17 @@
 //! The emulator's AWS endpoint (what `AWS_ENDPOINT_URL` and moto's `MOTO_PORT` point at):
 //! Lambda `Invoke` runs the function binaries; `/_emulator/*` is the emulator's own control API;
 //! every other request is forwarded unchanged to the upstream emulator (moto, or LocalStack).
+//!
+//! Control API:
+//! * `GET /_emulator/info` — what was created and where the API is (plus `external_functions`).
+//! * `POST /_emulator/faults`, `GET /_emulator/faults` — injected task failures ([`Fault`]).
+//! * `POST /_emulator/functions` — registers an *external function* ([`ExternalFunction`]): a
+//!   Lambda function served by any HTTP handler, e.g. a test's stub.
+//! * `POST /_emulator/duplicate-sqs` — deliver every SQS batch twice.
 
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use axum::body::{to_bytes, Body};
 use axum::extract::{Request, State};
@@ -31,14 +40,144 @@ fn one() -> u32 {
     1
 }
 
+/// A Lambda function implemented by an HTTP endpoint, registered at runtime with
+/// `POST /_emulator/functions {"name": "my-fn", "url": "http://127.0.0.1:9000/my-fn"}`
+/// (optional `"timeout_seconds"`, default 30). Answers `201`; a bad name or URL answers `400`.
+/// Registering a name again replaces it, and an external function takes precedence over a
+/// function binary of the same name (stub a template function).
+///
+/// Invoking it (by name or ARN, `arn:aws:lambda:us-east-1:123456789012:function:my-fn`, so a
+/// state machine in the upstream emulator can use it as a Task `Resource`) POSTs the invocation
+/// payload unchanged, as `application/json`, to `url`. The endpoint's answer maps to Invoke:
+/// * a `2xx` status: its body is the function's result;
+/// * any other status with a JSON body holding a string `errorType` (Lambda's error document,
+///   `{"errorType": "StoreUnavailable", "errorMessage": "…"}`): a function error of that type,
+///   the body passed through unchanged (Step Functions: `Error` = `errorType`, `Cause` = the body);
+/// * any other status: a function error `Runtime.ExternalFunctionError`; no answer in time:
+///   `Sandbox.Timedout`; unreachable: `Runtime.Unavailable`.
+///
+/// Injected faults ([`Fault`]) apply to external functions too.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ExternalFunction {
+    pub name: String,
+    pub url: String,
+    #[serde(default = "thirty")]
+    pub timeout_seconds: u64,
+}
+
+fn thirty() -> u64 {
+    30
+}
+
+impl ExternalFunction {
+    /// Checks and normalizes a registration: the name may be given as an ARN.
+    fn validated(mut self) -> Result<Self, String> {
+        self.name = function_name(&self.name).to_string();
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err("name must be a function name or ARN ([A-Za-z0-9_-]+)".into());
+        }
+        let url = reqwest::Url::parse(&self.url).ok();
+        if !url.is_some_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host()) {
+            return Err(format!("url {:?} must be an http(s) URL", self.url));
+        }
+        if self.timeout_seconds == 0 {
+            return Err("timeout_seconds must be positive".into());
+        }
+        Ok(self)
+    }
+
+    async fn invoke(&self, http: &reqwest::Client, payload: Vec<u8>) -> Outcome {
+        let sent = http
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .timeout(Duration::from_secs(self.timeout_seconds))
+            .body(payload)
+            .send()
+            .await;
+        let (status, body) = match sent {
+            Ok(r) => {
+                let status = r.status();
+                match r.bytes().await {
+                    Ok(b) => (status, b.to_vec()),
+                    Err(e) => return external_failure(&self.url, &e),
+                }
+            }
+            Err(e) => return external_failure(&self.url, &e),
+        };
+        if status.is_success() {
+            return Outcome::Ok(body);
+        }
+        let error_type = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("errorType")?.as_str().map(str::to_string));
+        match error_type {
+            Some(error_type) => Outcome::FunctionError { error_type, body },
+            None => function_error(
+                "Runtime.ExternalFunctionError",
+                &format!(
+                    "{} answered {status}: {}",
+                    self.url,
+                    String::from_utf8_lossy(&body[..body.len().min(512)])
+                ),
+            ),
+        }
+    }
+}
+
+fn external_failure(url: &str, e: &reqwest::Error) -> Outcome {
+    match e.is_timeout() {
+        true => function_error("Sandbox.Timedout", &format!("{url} did not answer in time")),
+        false => function_error("Runtime.Unavailable", &format!("{url}: {e}")),
+    }
+}
+
+fn function_error(error_type: &str, message: &str) -> Outcome {
+    Outcome::FunctionError {
+        error_type: error_type.into(),
+        body: serde_json::to_vec(&json!({"errorType": error_type, "errorMessage": message}))
+            .unwrap_or_default(),
+    }
+}
+
+/// The function name in a name, an ARN or a qualified name, as Invoke accepts them.
+fn function_name(id: &str) -> &str {
+    let name = id.rsplit_once(":function:").map_or(id, |(_, n)| n);
+    name.split(':').next().unwrap_or(name)
+}
+
+/// The front's runtime test doubles: injected faults ([`Fault`]) and external functions
+/// ([`ExternalFunction`]) — both change what an invocation does instead of running a binary.
 #[derive(Clone, Default)]
 pub struct Faults {
     pending: Arc<Mutex<Vec<Fault>>>,
     /// Every fault that fired, with the payload it hit (tests assert their fault really fired).
     fired: Arc<Mutex<Vec<serde_json::Value>>>,
+    /// External functions by name.
+    external: Arc<RwLock<BTreeMap<String, ExternalFunction>>>,
 }
 
 impl Faults {
+    /// Registers (or replaces) an external function.
+    pub fn add_external(&self, f: ExternalFunction) -> Result<(), String> {
+        let f = f.validated()?;
+        if let Ok(mut m) = self.external.write() {
+            m.insert(f.name.clone(), f);
+        }
+        Ok(())
+    }
+    /// The external function an Invoke `FunctionName` (name or ARN) names, if any.
+    pub fn external(&self, id: &str) -> Option<ExternalFunction> {
+        self.external.read().ok()?.get(function_name(id)).cloned()
+    }
+    fn external_report(&self) -> serde_json::Value {
+        let m = self.external.read().map(|m| m.clone()).unwrap_or_default();
+        json!(m)
+    }
     pub fn add(&self, f: Fault) {
         if let Ok(mut v) = self.pending.lock() {
             v.push(f);
@@ -86,21 +225,46 @@ pub struct Front {
     pub duplicate_sqs: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// What an Invoke runs.
+enum Target {
+    External(ExternalFunction),
+    Binary(Arc<super::lambda::Function>),
+}
+
+impl Target {
+    fn name(&self) -> &str {
+        match self {
+            Target::External(e) => &e.name,
+            Target::Binary(f) => &f.name,
+        }
+    }
+    async fn invoke(&self, http: &reqwest::Client, payload: Vec<u8>) -> Outcome {
+        match self {
+            Target::External(e) => e.invoke(http, payload).await,
+            Target::Binary(f) => f.invoke(payload).await,
+        }
+    }
+}
+
 impl Front {
-    /// Invokes by name or ARN, applying injected faults.
+    /// Invokes by name or ARN (an external function first, then a binary), applying injected faults.
     pub async fn invoke(&self, function: &str, payload: Vec<u8>) -> Option<Outcome> {
-        let f = self.functions.get(function)?.clone();
-        if let Some(fault) = self.faults.take(&f.name, &payload) {
-            tracing::info!(function = %f.name, error_type = %fault.error_type, after_invoke = fault.after_invoke, "injected fault");
+        let target = match self.faults.external(function) {
+            Some(e) => Target::External(e),
+            None => Target::Binary(self.functions.get(function)?.clone()),
+        };
+        let name = target.name();
+        if let Some(fault) = self.faults.take(name, &payload) {
+            tracing::info!(function = %name, error_type = %fault.error_type, after_invoke = fault.after_invoke, "injected fault");
             if fault.after_invoke {
-                let _ = f.invoke(payload).await;
+                let _ = target.invoke(&self.http, payload).await;
             }
             return Some(Outcome::FunctionError {
                 body: serde_json::to_vec(&json!({"errorType": fault.error_type, "errorMessage": "injected by the emulator"})).unwrap_or_default(),
                 error_type: fault.error_type,
             });
         }
-        Some(f.invoke(payload).await)
+        Some(target.invoke(&self.http, payload).await)
     }
 }
 
@@ -156,7 +320,22 @@ pub async fn handle(State(front): State<Front>, req: Request) -> Response {
         }
     }
     match (parts.method.as_str(), path) {
-        ("GET", "/_emulator/info") => return json_response(200, &front.info),
+        ("GET", "/_emulator/info") => {
+            let mut info = (*front.info).clone();
+            if let Some(m) = info.as_object_mut() {
+                m.insert("external_functions".into(), front.faults.external_report());
+            }
+            return json_response(200, &info);
+        }
+        ("POST", "/_emulator/functions") => {
+            let registered = serde_json::from_slice::<ExternalFunction>(&body)
+                .map_err(|e| e.to_string())
+                .and_then(|f| front.faults.add_external(f));
+            return match registered {
+                Ok(()) => json_response(201, &json!({"ok": true})),
+                Err(e) => json_response(400, &json!({"message": format!("bad function: {e}")})),
+            };
+        }
         ("GET", "/_emulator/faults") => return json_response(200, &front.faults.report()),
         ("POST", "/_emulator/faults") => {
             return match serde_json::from_slice::<Fault>(&body) {
@@ -261,6 +440,150 @@ mod tests {
         );
         assert_eq!(percent_decode("plain"), "plain");
         assert_eq!(percent_decode("bad%4"), "bad%4");
+    }
+
+    fn front() -> Front {
+        Front {
+            functions: Functions::new(vec![]),
+            upstream: "http://127.0.0.1:9".into(),
+            http: reqwest::Client::new(),
+            faults: Faults::default(),
+            info: Arc::new(json!({"stack": "t"})),
+            duplicate_sqs: Arc::default(),
+        }
+    }
+
+    /// Through the front's handler: (status, whether it is a function error, body).
+    async fn post(front: &Front, path: &str, body: serde_json::Value) -> (u16, bool, Vec<u8>) {
+        let req = Request::builder()
+            .method("POST")
+            .uri(path)
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let r = handle(State(front.clone()), req).await;
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let body = to_bytes(r.into_body(), 1 << 20).await.unwrap().to_vec();
+        let function_error = headers.get("x-amz-function-error").is_some();
+        (status, function_error, body)
+    }
+
+    #[test]
+    fn external_functions_are_validated_and_found_by_name_or_arn() {
+        let faults = Faults::default();
+        let f = |name: &str, url: &str| ExternalFunction {
+            name: name.into(),
+            url: url.into(),
+            timeout_seconds: 30,
+        };
+        faults
+            .add_external(f(
+                "arn:aws:lambda:us-east-1:123456789012:function:stub-1",
+                "http://127.0.0.1:1/x",
+            ))
+            .unwrap();
+        for id in [
+            "stub-1",
+            "arn:aws:lambda:us-east-1:123456789012:function:stub-1",
+            "stub-1:$LATEST",
+        ] {
+            assert_eq!(faults.external(id).unwrap().name, "stub-1", "{id}");
+        }
+        assert!(faults.external("stub-2").is_none());
+        assert!(faults.add_external(f("", "http://h/")).is_err());
+        assert!(faults.add_external(f("a/b", "http://h/")).is_err());
+        assert!(faults.add_external(f("ok", "ftp://h/")).is_err());
+        assert!(faults.add_external(f("ok", "not a url")).is_err());
+        assert!(faults.add_external(f("ok", "http://")).is_err());
+        let mut zero = f("ok", "https://h/");
+        zero.timeout_seconds = 0;
+        assert!(faults.add_external(zero).is_err());
+    }
+
+    #[tokio::test]
+    async fn external_functions_answer_invoke() {
+        use axum::routing::post as route_post;
+        let app = axum::Router::new()
+            .route("/ok", route_post(|b: axum::body::Bytes| async move { b }))
+            .route(
+                "/err",
+                route_post(|| async {
+                    (
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        r#"{"errorType":"StoreUnavailable","errorMessage":"down"}"#,
+                    )
+                }),
+            )
+            .route(
+                "/plain",
+                route_post(|| async { (axum::http::StatusCode::BAD_GATEWAY, "nope") }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let front = front();
+        for (name, path) in [("ok", "/ok"), ("err", "/err"), ("plain", "/plain")] {
+            let (status, _, _) = post(
+                &front,
+                "/_emulator/functions",
+                json!({"name": name, "url": format!("http://{addr}{path}")}),
+            )
+            .await;
+            assert_eq!(status, 201);
+        }
+        // A dead port: nothing listens on the port the closed listener had.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead_url = format!("http://{}/", dead.local_addr().unwrap());
+        drop(dead);
+        let (status, _, _) = post(
+            &front,
+            "/_emulator/functions",
+            json!({"name": "dead", "url": dead_url}),
+        )
+        .await;
+        assert_eq!(status, 201);
+        let (status, _, body) = post(&front, "/_emulator/functions", json!({"name": "x"})).await;
+        assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+
+        let invoke = |name: &str| format!("/2015-03-31/functions/{name}/invocations");
+        let (status, failed, body) = post(
+            &front,
+            &invoke("arn%3Aaws%3Alambda%3Aus-east-1%3A123456789012%3Afunction%3Aok"),
+            json!({"run_id": "r1"}),
+        )
+        .await;
+        assert_eq!((status, failed), (200, false));
+        assert_eq!(body, br#"{"run_id":"r1"}"#.to_vec());
+        let (status, failed, body) = post(&front, &invoke("err"), json!({})).await;
+        assert_eq!((status, failed), (200, true), "a function error");
+        assert_eq!(
+            body,
+            br#"{"errorType":"StoreUnavailable","errorMessage":"down"}"#.to_vec()
+        );
+        for (name, error_type) in [
+            ("plain", "Runtime.ExternalFunctionError"),
+            ("dead", "Runtime.Unavailable"),
+        ] {
+            let (status, failed, body) = post(&front, &invoke(name), json!({})).await;
+            let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!((status, failed), (200, true));
+            assert_eq!(doc["errorType"], error_type);
+        }
+        let (status, _, _) = post(&front, &invoke("missing"), json!({})).await;
+        assert_eq!(status, 404);
+        // Injected faults apply to external functions too.
+        front.faults.add(Fault {
+            function: "ok".into(),
+            contains: None,
+            error_type: "Injected".into(),
+            times: 1,
+            after_invoke: false,
+        });
+        let (status, failed, body) = post(&front, &invoke("ok"), json!({})).await;
+        assert_eq!((status, failed), (200, true));
+        assert!(String::from_utf8_lossy(&body).contains("Injected"));
+        let info = front.faults.external_report().as_object().map(|m| m.len());
+        assert_eq!(info, Some(4));
     }
 
     #[test]

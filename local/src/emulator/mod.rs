@@ -91,7 +91,9 @@ async fn bind(addr: &str) -> Result<TcpListener, EmulatorError> {
         })
 }
 
-fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
+/// SQS and Step Functions clients for an emulator endpoint (static test credentials); the
+/// DynamoDB one is `tokenops::store::local_client`.
+pub fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
     use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
     aws_sdk_sqs::Client::from_conf(
         aws_sdk_sqs::Config::builder()
@@ -103,7 +105,7 @@ fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
     )
 }
 
-fn sfn_client(endpoint: &str) -> aws_sdk_sfn::Client {
+pub fn sfn_client(endpoint: &str) -> aws_sdk_sfn::Client {
     use aws_sdk_sfn::config::{BehaviorVersion, Credentials, Region};
     aws_sdk_sfn::Client::from_conf(
         aws_sdk_sfn::Config::builder()

@@ -544,4 +544,48 @@ mod tests {
         assert!(e.to_string().contains("PUBLIC_BASE_URL"), "{e}");
         assert_eq!(f.name, "tokenops-ledger");
     }
+
+    /// The HttpApi declares its integrations itself (an OpenAPI body, to avoid a dependency
+    /// cycle). API Gateway routes by that body, the emulator by the functions' events: both must
+    /// send every route of ROUTES to the function of its stage, and nothing else.
+    #[test]
+    fn the_api_body_integrates_every_route_with_its_stage_function() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/template.yaml");
+        let doc: Value = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let paths = doc["Resources"]["HttpApi"]["Properties"]["DefinitionBody"]["paths"]
+            .as_mapping()
+            .expect("HttpApi has an OpenAPI body with paths");
+        let mut body = Vec::new();
+        for (p, ops) in paths {
+            for (method, op) in ops.as_mapping().unwrap() {
+                let uri = match &op["x-amazon-apigateway-integration"]["uri"] {
+                    Value::Tagged(t) => t.value.as_str().unwrap_or_default().to_string(),
+                    other => panic!("{p:?} {method:?}: uri is not a !Sub: {other:?}"),
+                };
+                let stage = uri
+                    .split(":function:${AWS::StackName}-")
+                    .nth(1)
+                    .and_then(|rest| rest.strip_suffix("/invocations"))
+                    .unwrap_or_else(|| panic!("{p:?} {method:?}: unexpected uri {uri}"));
+                body.push((
+                    method.as_str().unwrap().to_uppercase(),
+                    p.as_str().unwrap().to_string(),
+                    stage.to_string(),
+                ));
+            }
+        }
+        let mut want: Vec<(String, String, String)> = tokenops::http::ROUTES
+            .iter()
+            .map(|r| {
+                (
+                    r.method.to_string(),
+                    r.pattern.to_string(),
+                    r.stage.to_string(),
+                )
+            })
+            .collect();
+        body.sort();
+        want.sort();
+        assert_eq!(body, want);
+    }
 }

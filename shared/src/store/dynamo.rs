@@ -391,6 +391,11 @@ impl DynamoStore {
 
     /// A single write goes out as its own request (cheaper than a one-item transaction).
     async fn single(&self, w: Write) -> Result<(), StoreError> {
+        if let Write::Check { .. } = w {
+            // DynamoDB has no lone condition check: send it as a one-item transaction, so the
+            // engine evaluates it exactly as it would inside a larger one.
+            return self.transaction(&[w]).await;
+        }
         let mut e = Expr::default();
         self.count();
         match w {
@@ -441,26 +446,54 @@ impl DynamoStore {
                     .await
                     .map_err(sdk_err)?;
             }
-            Write::Check { key, conds } => {
-                // A lone check is a read.
-                self.requests.fetch_sub(1, Ordering::Relaxed);
-                let item = self.get(&key).await?;
-                let ok = match item {
-                    None => conds.iter().all(|c| matches!(c, Cond::NotExists)),
-                    Some(i) => conds.iter().all(|c| match c {
-                        Cond::Exists => true,
-                        Cond::NotExists => false,
-                        Cond::AttrEq(a, v) => i.get_attr(a) == Some(v.as_str()),
-                        Cond::NumEq(a, v) => i.nums.get(a) == Some(v),
-                        Cond::NumAtLeast(a, v) => i.nums.get(a).is_some_and(|n| n >= v),
-                    }),
-                };
-                if !ok {
-                    return Err(StoreError::ConditionFailed);
-                }
-            }
+            Write::Check { .. } => return self.transaction(&[w]).await,
         }
         Ok(())
+    }
+
+    /// One `TransactWriteItems`: all or nothing, any failed condition → `ConditionFailed`.
+    async fn transaction(&self, writes: &[Write]) -> Result<(), StoreError> {
+        let items = writes
+            .iter()
+            .map(|w| self.transact_item(w))
+            .collect::<Result<Vec<_>, _>>()?;
+        // DynamoDB cancels a transaction that races another on the same item
+        // (TransactionConflict); that is not a failed condition, so try again briefly.
+        let mut backoff = std::time::Duration::from_millis(5);
+        let mut attempt = 0;
+        loop {
+            self.count();
+            let res = self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(items.clone()))
+                .send()
+                .await;
+            let Err(e) = res else { return Ok(()) };
+            let msg = format!("{}", aws_sdk_dynamodb::error::DisplayErrorContext(&e));
+            let reasons: Vec<String> = match e.as_service_error() {
+                Some(TransactWriteItemsError::TransactionCanceledException(tc)) => tc
+                    .cancellation_reasons()
+                    .iter()
+                    .filter_map(|r| r.code().map(str::to_string))
+                    .collect(),
+                _ => vec![],
+            };
+            if reasons.iter().any(|c| c == "ConditionalCheckFailed")
+                || msg.contains("ConditionalCheckFailed")
+            {
+                return Err(StoreError::ConditionFailed);
+            }
+            let conflict = reasons.iter().any(|c| c == "TransactionConflict")
+                || msg.contains("TransactionConflict")
+                || msg.contains("TransactionInProgress");
+            if !conflict || attempt >= 8 {
+                return Err(StoreError::Unavailable(msg));
+            }
+            attempt += 1;
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(std::time::Duration::from_millis(200));
+        }
     }
 }
 
@@ -486,24 +519,30 @@ impl Store for DynamoStore {
         limit: Option<usize>,
     ) -> Result<Vec<Item>, StoreError> {
         let mut items = Vec::new();
+        if limit == Some(0) {
+            return Ok(items);
+        }
         let mut start = None;
         loop {
             self.count();
-            let out = self
+            let q = self
                 .client
                 .query()
                 .table_name(&*self.table)
-                .key_condition_expression("#pk = :pk AND begins_with(#sk, :sk)")
                 .expression_attribute_names("#pk", "pk")
-                .expression_attribute_names("#sk", "sk")
                 .expression_attribute_values(":pk", AttributeValue::S(pk.to_string()))
-                .expression_attribute_values(":sk", AttributeValue::S(sk_prefix.to_string()))
                 .consistent_read(true)
                 .set_limit(limit.map(|l| l.min(1000) as i32))
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(sdk_err)?;
+                .set_exclusive_start_key(start);
+            // DynamoDB refuses an empty key-condition operand: no prefix, no begins_with.
+            let q = if sk_prefix.is_empty() {
+                q.key_condition_expression("#pk = :pk")
+            } else {
+                q.key_condition_expression("#pk = :pk AND begins_with(#sk, :sk)")
+                    .expression_attribute_names("#sk", "sk")
+                    .expression_attribute_values(":sk", AttributeValue::S(sk_prefix.to_string()))
+            };
+            let out = q.send().await.map_err(sdk_err)?;
             for m in out.items.unwrap_or_default() {
                 items.push(Item::try_from(m)?);
             }
@@ -525,48 +564,7 @@ impl Store for DynamoStore {
             n if n > 100 => Err(StoreError::Unavailable(format!(
                 "transaction of {n} writes exceeds DynamoDB's 100"
             ))),
-            _ => {
-                let items = writes
-                    .iter()
-                    .map(|w| self.transact_item(w))
-                    .collect::<Result<Vec<_>, _>>()?;
-                // DynamoDB cancels a transaction that races another on the same item
-                // (TransactionConflict); that is not a failed condition, so try again briefly.
-                let mut backoff = std::time::Duration::from_millis(5);
-                for attempt in 0.. {
-                    self.count();
-                    let res = self
-                        .client
-                        .transact_write_items()
-                        .set_transact_items(Some(items.clone()))
-                        .send()
-                        .await;
-                    let Err(e) = res else { return Ok(()) };
-                    let msg = format!("{}", aws_sdk_dynamodb::error::DisplayErrorContext(&e));
-                    let reasons: Vec<String> = match e.as_service_error() {
-                        Some(TransactWriteItemsError::TransactionCanceledException(tc)) => tc
-                            .cancellation_reasons()
-                            .iter()
-                            .filter_map(|r| r.code().map(str::to_string))
-                            .collect(),
-                        _ => vec![],
-                    };
-                    if reasons.iter().any(|c| c == "ConditionalCheckFailed")
-                        || msg.contains("ConditionalCheckFailed")
-                    {
-                        return Err(StoreError::ConditionFailed);
-                    }
-                    let conflict = reasons.iter().any(|c| c == "TransactionConflict")
-                        || msg.contains("TransactionConflict")
-                        || msg.contains("TransactionInProgress");
-                    if !conflict || attempt >= 8 {
-                        return Err(StoreError::Unavailable(msg));
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(std::time::Duration::from_millis(200));
-                }
-                unreachable!("the retry loop returns")
-            }
+            _ => self.transaction(&writes).await,
         }
     }
 
