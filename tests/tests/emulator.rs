@@ -33,6 +33,25 @@ async fn emulator() -> Option<Value> {
     Some(serde_json::from_slice(&body).expect("emulator info is JSON"))
 }
 
+/// Turns the emulator's "deliver every SQS batch twice" on or off (each test sets the state it
+/// needs, so a failed test cannot leave it on for the next); returns how many batches have been
+/// delivered twice so far.
+async fn duplicate_sqs(info: &Value, enabled: bool) -> u64 {
+    let endpoint = info["endpoint_url"].as_str().unwrap();
+    let body = reqwest::Client::new()
+        .post(format!("{endpoint}/_emulator/duplicate-sqs"))
+        .body(json!({ "enabled": enabled }).to_string())
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let r: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(r["enabled"], enabled);
+    r["duplicated_batches"].as_u64().unwrap()
+}
+
 async fn add_fault(info: &Value, fault: Value) {
     let endpoint = info["endpoint_url"].as_str().unwrap();
     let r = reqwest::Client::new()
@@ -48,6 +67,7 @@ async fn add_fault(info: &Value, fault: Value) {
 async fn reference_and_evidence_gap_scenarios_through_the_emulator() {
     let _turn = EMULATOR.lock().await;
     let Some(info) = emulator().await else { return };
+    duplicate_sqs(&info, false).await;
     let api = info["api_url"].as_str().unwrap();
     // Both scenarios of `tokenops reference-run`, against the emulated deployment: the full loop
     // with a verified callback, attestation and ledger, then evidence gap → exception ticket →
@@ -65,7 +85,7 @@ async fn reference_and_evidence_gap_scenarios_through_the_emulator() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redelivered_messages_and_retried_tasks_have_one_effect() {
+async fn duplicated_messages_and_retried_tasks_have_one_effect() {
     let _turn = EMULATOR.lock().await;
     let Some(info) = emulator().await else { return };
     let api = info["api_url"].as_str().unwrap();
@@ -78,6 +98,8 @@ async fn redelivered_messages_and_retried_tasks_have_one_effect() {
     let (quote, route, ent) = agent.fund(3).await.unwrap();
     let ent_id = ent["credit_entitlement_id"].as_str().unwrap().to_string();
     let stl = route["settlement_id"].as_str().unwrap();
+    // Every SQS batch reaches the queue function twice (at-least-once delivery, as SQS may do).
+    let duplicated_before = duplicate_sqs(&info, true).await;
     // The usage receipt (the capture) and the callback run, then their responses are lost:
     // Step Functions retries both tasks. The queue function's first delivery fails too, so SQS
     // redelivers the message.
@@ -108,6 +130,8 @@ async fn redelivered_messages_and_retried_tasks_have_one_effect() {
         json!({"funded": 3, "available": 2, "held": 0, "captured": 1, "released": 0}),
         "one capture despite the retry"
     );
+    let duplicated = duplicate_sqs(&info, false).await - duplicated_before;
+    assert!(duplicated >= 1, "the run's message was delivered twice");
     assert_eq!(receiver.verified_for(&run_id).len(), 1, "one callback");
     let ledger = agent.ok("GET", "/ledger/verify", None).await.unwrap();
     assert_eq!(ledger["valid"], true);
@@ -139,6 +163,7 @@ async fn redelivered_messages_and_retried_tasks_have_one_effect() {
 async fn a_poison_message_lands_in_the_dead_letter_queue_and_shows_in_get_queue() {
     let _turn = EMULATOR.lock().await;
     let Some(info) = emulator().await else { return };
+    duplicate_sqs(&info, false).await;
     let api = info["api_url"].as_str().unwrap();
     let endpoint = info["endpoint_url"].as_str().unwrap();
     let queue_url = info["resources"]["RunQueue"]["url"]

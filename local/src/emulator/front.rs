@@ -7,7 +7,8 @@
 //! * `POST /_emulator/faults`, `GET /_emulator/faults` — injected task failures ([`Fault`]).
 //! * `POST /_emulator/functions` — registers an *external function* ([`ExternalFunction`]): a
 //!   Lambda function served by any HTTP handler, e.g. a test's stub.
-//! * `POST /_emulator/duplicate-sqs` — deliver every SQS batch twice.
+//! * `POST /_emulator/duplicate-sqs {"enabled": bool}` — deliver every SQS batch twice;
+//!   `GET` reports the switch and how many batches were delivered twice.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -223,6 +224,8 @@ pub struct Front {
     pub info: Arc<serde_json::Value>,
     /// Deliver every SQS batch twice (tests of at-least-once delivery).
     pub duplicate_sqs: Arc<std::sync::atomic::AtomicBool>,
+    /// SQS batches delivered a second time (tests assert duplication really happened).
+    pub duplicated_batches: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// What an Invoke runs.
@@ -346,15 +349,20 @@ pub async fn handle(State(front): State<Front>, req: Request) -> Response {
                 Err(e) => json_response(400, &json!({"message": format!("bad fault: {e}")})),
             }
         }
-        ("POST", "/_emulator/duplicate-sqs") => {
-            let on = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["enabled"].as_bool())
-                .unwrap_or(true);
-            front
-                .duplicate_sqs
-                .store(on, std::sync::atomic::Ordering::SeqCst);
-            return json_response(200, &json!({"enabled": on}));
+        ("POST" | "GET", "/_emulator/duplicate-sqs") => {
+            use std::sync::atomic::Ordering::SeqCst;
+            if parts.method == "POST" {
+                let on = serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["enabled"].as_bool())
+                    .unwrap_or(true);
+                front.duplicate_sqs.store(on, SeqCst);
+            }
+            return json_response(
+                200,
+                &json!({"enabled": front.duplicate_sqs.load(SeqCst),
+                        "duplicated_batches": front.duplicated_batches.load(SeqCst)}),
+            );
         }
         _ => {}
     }
@@ -450,6 +458,7 @@ mod tests {
             faults: Faults::default(),
             info: Arc::new(json!({"stack": "t"})),
             duplicate_sqs: Arc::default(),
+            duplicated_batches: Arc::default(),
         }
     }
 

@@ -370,6 +370,7 @@ impl Emulator {
             faults: front::Faults::default(),
             info: Arc::new(info.clone()),
             duplicate_sqs: Arc::new(AtomicBool::new(false)),
+            duplicated_batches: Arc::default(),
         };
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         serve(
@@ -546,7 +547,10 @@ async fn poll_queue(
             1
         };
         let mut failed: Option<Vec<String>> = Some(vec![]);
-        for _ in 0..deliveries {
+        for delivery in 0..deliveries {
+            if delivery > 0 {
+                front.duplicated_batches.fetch_add(1, Ordering::SeqCst);
+            }
             match front.invoke(&function, event.clone()).await {
                 Some(Outcome::Ok(out)) => {
                     let ids: Vec<String> = serde_json::from_slice::<Value>(&out)
