@@ -101,3 +101,24 @@ pub async fn item_count(rt: &Runtime) -> usize {
         }
     }
 }
+
+/// The emulator's info (`GET {TOKENOPS_EMULATOR}/_emulator/info`: `endpoint_url`, `api_url`,
+/// `upstream`, `resources`), or None when no emulator is configured: the caller then says
+/// "skipped" and passes, unless `TOKENOPS_REQUIRE_EMULATOR` is set (CI), which makes it a failure.
+pub async fn emulator_info() -> Option<Value> {
+    let Ok(endpoint) = std::env::var("TOKENOPS_EMULATOR") else {
+        assert!(
+            std::env::var("TOKENOPS_REQUIRE_EMULATOR").is_err(),
+            "TOKENOPS_REQUIRE_EMULATOR is set but TOKENOPS_EMULATOR is not"
+        );
+        eprintln!("skipped: TOKENOPS_EMULATOR is not set (make test starts the emulator)");
+        return None;
+    };
+    let body = reqwest::get(format!("{}/_emulator/info", endpoint.trim_end_matches('/')))
+        .await
+        .expect("emulator reachable")
+        .bytes()
+        .await
+        .expect("emulator info");
+    Some(serde_json::from_slice(&body).expect("emulator info is JSON"))
+}

@@ -416,22 +416,12 @@ async fn run_moto(
     Run { entered, outcome }
 }
 
-/// The front URL, or None (skipped) when no emulator is configured.
-fn emulator() -> Option<String> {
-    let Ok(endpoint) = std::env::var("TOKENOPS_EMULATOR") else {
-        assert!(
-            std::env::var("TOKENOPS_REQUIRE_EMULATOR").is_err(),
-            "TOKENOPS_REQUIRE_EMULATOR is set but TOKENOPS_EMULATOR is not"
-        );
-        eprintln!("skipped: TOKENOPS_EMULATOR is not set (make test starts the emulator)");
-        return None;
-    };
-    Some(endpoint.trim_end_matches('/').to_string())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_engine_and_moto_run_the_state_machine_alike() {
-    let Some(endpoint) = emulator() else { return };
+    let Some(info) = tokenops_tests::emulator_info().await else {
+        return;
+    };
+    let endpoint = info["endpoint_url"].as_str().unwrap().to_string();
     let t0 = Instant::now();
     let id = ulid::Ulid::new().to_string().to_ascii_lowercase();
     let cases = cases();

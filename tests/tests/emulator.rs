@@ -14,25 +14,6 @@ use tokenops_local::agent::{full_evidence, Agent, Receiver};
 /// that injected it.
 static EMULATOR: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// The emulator's info (`GET /_emulator/info`), or None when no emulator is configured.
-async fn emulator() -> Option<Value> {
-    let Ok(endpoint) = std::env::var("TOKENOPS_EMULATOR") else {
-        assert!(
-            std::env::var("TOKENOPS_REQUIRE_EMULATOR").is_err(),
-            "TOKENOPS_REQUIRE_EMULATOR is set but TOKENOPS_EMULATOR is not"
-        );
-        eprintln!("skipped: TOKENOPS_EMULATOR is not set (make test starts the emulator)");
-        return None;
-    };
-    let body = reqwest::get(format!("{endpoint}/_emulator/info"))
-        .await
-        .expect("emulator reachable")
-        .bytes()
-        .await
-        .expect("emulator info");
-    Some(serde_json::from_slice(&body).expect("emulator info is JSON"))
-}
-
 /// Turns the emulator's "deliver every SQS batch twice" on or off (each test sets the state it
 /// needs, so a failed test cannot leave it on for the next); returns how many batches have been
 /// delivered twice so far.
@@ -66,7 +47,9 @@ async fn add_fault(info: &Value, fault: Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reference_and_evidence_gap_scenarios_through_the_emulator() {
     let _turn = EMULATOR.lock().await;
-    let Some(info) = emulator().await else { return };
+    let Some(info) = tokenops_tests::emulator_info().await else {
+        return;
+    };
     duplicate_sqs(&info, false).await;
     let api = info["api_url"].as_str().unwrap();
     // Both scenarios of `tokenops reference-run`, against the emulated deployment: the full loop
@@ -87,7 +70,9 @@ async fn reference_and_evidence_gap_scenarios_through_the_emulator() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicated_messages_and_retried_tasks_have_one_effect() {
     let _turn = EMULATOR.lock().await;
-    let Some(info) = emulator().await else { return };
+    let Some(info) = tokenops_tests::emulator_info().await else {
+        return;
+    };
     let api = info["api_url"].as_str().unwrap();
     let receiver = Receiver::default();
     let cb = receiver.start().await.unwrap();
@@ -162,7 +147,9 @@ async fn duplicated_messages_and_retried_tasks_have_one_effect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_message_lands_in_the_dead_letter_queue_and_shows_in_get_queue() {
     let _turn = EMULATOR.lock().await;
-    let Some(info) = emulator().await else { return };
+    let Some(info) = tokenops_tests::emulator_info().await else {
+        return;
+    };
     duplicate_sqs(&info, false).await;
     let api = info["api_url"].as_str().unwrap();
     let endpoint = info["endpoint_url"].as_str().unwrap();

@@ -77,27 +77,12 @@ contract!(
     racing_same_key_requests_have_one_effect,
 );
 
-/// moto's own URL, from the emulator's info (`GET /_emulator/info` → `upstream`), or None when no
-/// emulator is configured.
+/// moto's own URL (the emulator's `upstream`), or None when no emulator is configured.
 async fn moto_endpoint() -> Option<String> {
-    let Ok(endpoint) = std::env::var("TOKENOPS_EMULATOR") else {
-        assert!(
-            std::env::var("TOKENOPS_REQUIRE_EMULATOR").is_err(),
-            "TOKENOPS_REQUIRE_EMULATOR is set but TOKENOPS_EMULATOR is not"
-        );
-        eprintln!("skipped: TOKENOPS_EMULATOR is not set (make test starts the emulator)");
-        return None;
-    };
-    let body = reqwest::get(format!("{endpoint}/_emulator/info"))
-        .await
-        .expect("emulator reachable")
-        .bytes()
-        .await
-        .expect("emulator info");
-    let info: Value = serde_json::from_slice(&body).expect("emulator info is JSON");
+    let info = tokenops_tests::emulator_info().await?;
+    let upstream = info["upstream"].as_str();
     Some(
-        info["upstream"]
-            .as_str()
+        upstream
             .expect("emulator info names its upstream")
             .to_string(),
     )
