@@ -430,60 +430,28 @@ fn serve(listener: TcpListener, app: axum::Router, mut stop: tokio::sync::watch:
     });
 }
 
+/// Creates a table the template declares. It must be the table the adapter uses (keys pk/sk,
+/// TTL on ttl) — anything else would fail at the first request — so it is created the one way
+/// the adapter creates its table, `DynamoStore::ensure_table`.
 async fn create_table(
     ddb: &aws_sdk_dynamodb::Client,
     t: &template::TableSpec,
 ) -> Result<(), String> {
-    use aws_sdk_dynamodb::types::{
-        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-        TimeToLiveSpecification,
-    };
-    let mut req = ddb
-        .create_table()
-        .table_name(&t.name)
-        .billing_mode(BillingMode::PayPerRequest);
-    for (name, kind) in [
-        (Some(&t.hash_key), KeyType::Hash),
-        (t.range_key.as_ref(), KeyType::Range),
-    ] {
-        let Some(name) = name else { continue };
-        req = req
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name(name)
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()
-                    .map_err(|e| e.to_string())?,
-            )
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name(name)
-                    .key_type(kind)
-                    .build()
-                    .map_err(|e| e.to_string())?,
-            );
+    let declared = (
+        t.hash_key.as_str(),
+        t.range_key.as_deref(),
+        t.ttl_attribute.as_deref(),
+    );
+    if declared != ("pk", Some("sk"), Some("ttl")) {
+        return Err(format!(
+            "{}: keys and TTL {declared:?} are not the store adapter's (pk, sk, ttl)",
+            t.logical_id
+        ));
     }
-    if let Err(e) = req.send().await {
-        let msg = format!("{}", aws_sdk_dynamodb::error::DisplayErrorContext(&e));
-        if !msg.contains("ResourceInUse") && !msg.contains("already exists") {
-            return Err(format!("CreateTable {}: {msg}", t.name));
-        }
-    }
-    if let Some(attr) = &t.ttl_attribute {
-        let spec = TimeToLiveSpecification::builder()
-            .attribute_name(attr)
-            .enabled(true)
-            .build()
-            .map_err(|e| e.to_string())?;
-        // Already enabled is fine; TTL is not needed for correctness.
-        let _ = ddb
-            .update_time_to_live()
-            .table_name(&t.name)
-            .time_to_live_specification(spec)
-            .send()
-            .await;
-    }
-    Ok(())
+    tokenops::store::DynamoStore::new(ddb.clone(), &t.name)
+        .ensure_table()
+        .await
+        .map_err(|e| format!("CreateTable {}: {e}", t.name))
 }
 
 /// Lambda's SQS event-source mapping: receive a batch, invoke the function with an SQS event,
