@@ -10,4 +10,5 @@ pub mod orchestrator;
 pub mod reference;
 pub mod runtime;
 pub mod server;
+pub mod store_gate;
 pub mod verify;

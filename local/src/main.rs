@@ -2,6 +2,7 @@
 //!
 //! - `tokenops serve` — the HTTP API on 127.0.0.1 with the embedded default.
 //! - `tokenops reference-run` — the whole loop (and the evidence-gap path) on a fresh data dir.
+//! - `tokenops redrive RUN` — the local operator redrives a failed run.
 //! - `tokenops verify attestation|ledger` — offline verification.
 //! - `tokenops bench` — N loops at a concurrency; runs/s, p50/p99, DynamoDB requests per run.
 
@@ -41,6 +42,15 @@ enum Cmd {
         /// Data dir (default: a new temporary directory).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+    },
+    /// Redrive a failed run from the stage that failed (as the local operator: the key is in the
+    /// data dir). The server must be running on that data dir.
+    Redrive {
+        run_id: String,
+        #[arg(long, default_value = ".tokenops")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "http://127.0.0.1:8787")]
+        api: String,
     },
     /// Verify an attestation or a ledger export offline.
     Verify {
@@ -130,7 +140,10 @@ async fn main() -> ExitCode {
         } => {
             init_logs("info,dynoxide=error");
             let mut opts = Options::new(data_dir, port);
-            opts.faults = Faults { crash_after_state };
+            opts.faults = Faults {
+                crash_after_state,
+                ..Default::default()
+            };
             let rt = match Runtime::start(opts).await {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -170,6 +183,20 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Redrive {
+            run_id,
+            data_dir,
+            api,
+        } => match tokenops_local::runtime::operator_redrive(&data_dir, &api, &run_id).await {
+            Ok(body) => {
+                println!("{body}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("redrive: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Verify { what } => {
             let result = match what {
                 VerifyCmd::Attestation { file, keys } => verify::attestation(&file, &keys).map(|st| serde_json::json!({"valid": true, "subjects": st.subject, "predicateType": st.predicate_type})),

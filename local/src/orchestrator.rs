@@ -3,14 +3,15 @@
 //! progress is checkpointed in the table after every state, so a runtime killed mid-run resumes
 //! the execution on restart (the interrupted state runs again; every stage is idempotent).
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 use tokenops::config::Ctx;
 use tokenops::error::StoreError;
-use tokenops::ports::{HttpSender, Orchestrator, Started};
-use tokenops::store::{DynamoStore, Item, Key, Store, Write};
+use tokenops::model::FailedExecution;
+use tokenops::ports::{HttpSender, Orchestrator, Redriven, Started};
+use tokenops::store::{Cond, DynamoStore, Item, Key, Store, Write};
 use tokio::sync::mpsc;
 
 use crate::asl::{
@@ -42,12 +43,20 @@ pub fn pascal(stage: &str) -> String {
 pub struct LocalTasks {
     pub ctx: Ctx<DynamoStore>,
     pub sender: HttpSender,
+    pub faults: Faults,
 }
 
 impl TaskDispatcher for LocalTasks {
     async fn invoke(&self, resource: &str, input: Value) -> Result<Value, TaskFailure> {
         let ctx = &self.ctx;
-        let out = match resource.strip_prefix("local:").unwrap_or(resource) {
+        let stage = resource.strip_prefix("local:").unwrap_or(resource);
+        if let Some(error) = self.faults.injected(stage) {
+            return Err(TaskFailure {
+                error,
+                cause: format!("fault injected into {stage}"),
+            });
+        }
+        let out = match stage {
             "tokenops_execution" => tokenops_execution::run_task(ctx, input).await,
             "result_contract" => result_contract::run_task(ctx, input).await,
             "settlement_receipt" => settlement_receipt::run_task(ctx, input).await,
@@ -79,6 +88,8 @@ impl TaskDispatcher for LocalTasks {
 pub struct LocalOrchestrator {
     store: DynamoStore,
     tx: mpsc::UnboundedSender<String>,
+    /// Executions a worker of this process is running now: the relay resumes only the others.
+    active: Arc<Mutex<HashSet<String>>>,
 }
 
 fn exec_key(name: &str) -> Key {
@@ -92,6 +103,20 @@ fn exec_item(st: &ExecutionState) -> Result<Item, StoreError> {
         ExecutionStatus::Failed { .. } => "FAILED",
     };
     Ok(Item::of(exec_key(&st.name), "execution", None, st)?.attr("status", status))
+}
+
+/// The checkpoint of an execution; a FAILED one also records the failure in the `FAILING`
+/// outbox in the same transaction, so a crash before the failure handler ran loses nothing.
+fn checkpoint_writes(st: &ExecutionState) -> Result<Vec<Write>, StoreError> {
+    let mut writes = vec![Write::put(exec_item(st)?)];
+    if let ExecutionStatus::Failed { error, cause } = &st.status {
+        writes.push(queue::failure::failing_write(&FailedExecution {
+            execution: st.name.clone(),
+            error: error.clone(),
+            cause: cause.clone(),
+        }));
+    }
+    Ok(writes)
 }
 
 impl Orchestrator for LocalOrchestrator {
@@ -111,6 +136,29 @@ impl Orchestrator for LocalOrchestrator {
             Err(e) => Err(e),
         }
     }
+
+    async fn redrive(&self, name: &str) -> Result<Redriven, StoreError> {
+        let Some(mut st) = self.execution(name).await? else {
+            return Ok(Redriven::NotFound);
+        };
+        if !st.redrive() {
+            return Ok(Redriven::NotFailed);
+        }
+        // Only from FAILED, so two redrives of one failure resume it once.
+        let write = Write::put_if(
+            exec_item(&st)?,
+            vec![Cond::AttrEq("status".into(), "FAILED".into())],
+        );
+        match self.store.transact(vec![write]).await {
+            Ok(()) => {
+                tracing::info!(execution = %name, redrive = st.redrive_count, state = st.current.as_deref().unwrap_or(""), "redriving execution");
+                let _ = self.tx.send(name.to_string());
+                Ok(Redriven::Yes)
+            }
+            Err(StoreError::ConditionFailed) => Ok(Redriven::NotFailed),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 fn definition() -> Arc<Definition> {
@@ -124,11 +172,28 @@ fn definition() -> Arc<Definition> {
     .clone()
 }
 
-/// Options for fault injection in the resume test: exit the process right after the checkpoint of
-/// the named state (as a crash would), so restart-and-resume can be shown end to end.
+/// Fault injection for tests: exit the process right after the checkpoint of the named state
+/// (as a crash would), or make a stage fail with an error that cannot heal.
 #[derive(Clone, Default)]
 pub struct Faults {
     pub crash_after_state: Option<String>,
+    /// Stage name → error type its task raises (instead of running) while the switch is set.
+    pub fail_stage: Arc<Mutex<BTreeMap<String, String>>>,
+}
+
+impl Faults {
+    pub fn fail_stage(&self, stage: &str, error: &str) {
+        self.lock().insert(stage.into(), error.into());
+    }
+    pub fn heal_stage(&self, stage: &str) {
+        self.lock().remove(stage);
+    }
+    fn injected(&self, stage: &str) -> Option<String> {
+        self.lock().get(stage).cloned()
+    }
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
+        self.fail_stage.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl LocalOrchestrator {
@@ -143,33 +208,64 @@ impl LocalOrchestrator {
         let orch = LocalOrchestrator {
             store: ctx.store.clone(),
             tx,
+            active: Arc::default(),
         };
         let tasks = LocalTasks {
             ctx: ctx.clone(),
             sender,
+            faults: faults.clone(),
         };
-        let store = ctx.store.clone();
         let engine = Arc::new(engine);
         let faults = Arc::new(faults);
+        let active = orch.active.clone();
         tokio::spawn(async move {
             while let Some(name) = rx.recv().await {
-                let (store, tasks, engine, faults) =
-                    (store.clone(), tasks.clone(), engine.clone(), faults.clone());
+                if !active.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone()) {
+                    continue; // a worker runs it already
+                }
+                let (tasks, engine, faults, active) =
+                    (tasks.clone(), engine.clone(), faults.clone(), active.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = run_execution(&store, &tasks, &engine, &faults, &name).await {
-                        tracing::error!(execution = %name, error = %e, "execution stopped; it resumes on restart");
+                    let outcome = run_execution(&tasks, &engine, &faults, &name).await;
+                    active.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
+                    match outcome {
+                        Ok(Some(failed)) => {
+                            // What EventBridge does in AWS: the failure handler, at once.
+                            if let Err(e) =
+                                queue::failure::handle(&tasks.ctx, &tasks.sender, &failed).await
+                            {
+                                tracing::warn!(execution = %name, error = %e, "failure handler did not finish; the relay retries it");
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(execution = %name, error = %e, "execution paused: the store is unavailable; the relay resumes it")
+                        }
                     }
                 });
             }
         });
-        for item in ctx.store.query("EXEC", "EXEC#", None).await? {
-            if item.get_attr("status") == Some("RUNNING") {
-                let name = item.key.sk.trim_start_matches("EXEC#").to_string();
-                tracing::info!(execution = %name, "resuming execution");
-                let _ = orch.tx.send(name);
-            }
-        }
+        orch.resume_stalled().await?;
         Ok(orch)
+    }
+
+    /// Hands every RUNNING execution that no worker here is running to a worker: at start (a
+    /// killed runtime) and from the relay (an execution paused by an outage). Returns how many.
+    pub async fn resume_stalled(&self) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for item in self.store.query("EXEC", "EXEC#", None).await? {
+            if item.get_attr("status") != Some("RUNNING") {
+                continue;
+            }
+            let name = item.key.sk.trim_start_matches("EXEC#").to_string();
+            if self.active.lock().unwrap_or_else(|p| p.into_inner()).contains(&name) {
+                continue;
+            }
+            tracing::info!(execution = %name, "resuming execution");
+            let _ = self.tx.send(name);
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// The persisted state of an execution (history included), for tests and `GET`-style inspection.
@@ -182,43 +278,38 @@ impl LocalOrchestrator {
     }
 }
 
+/// Runs an execution to its end from its last checkpoint. `Ok(Some)` when it failed (for the
+/// failure handler); `Err` when the store stayed unavailable past the transient budget: the
+/// execution stays RUNNING and the relay resumes it.
 async fn run_execution(
-    store: &DynamoStore,
     tasks: &LocalTasks,
     engine: &Engine,
     faults: &Faults,
     name: &str,
-) -> Result<(), String> {
+) -> Result<Option<FailedExecution>, StoreError> {
+    let store = &tasks.ctx.store;
+    let backoff = tasks.ctx.config.transient;
     let def = definition();
-    let mut st: ExecutionState = store
-        .get(&exec_key(name))
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or("execution vanished")?
-        .decode()
-        .map_err(|e| e.to_string())?;
+    let key = exec_key(name);
+    let mut st: ExecutionState = with_retries(backoff, name, || store.get(&key))
+        .await?
+        .ok_or_else(|| StoreError::Corrupt {
+            key: name.into(),
+            reason: "execution vanished".into(),
+        })?
+        .decode()?;
     while matches!(st.status, ExecutionStatus::Running) {
         let state_name = st.current.clone().unwrap_or_default();
         engine
             .step(&def, &mut st, tasks)
             .await
-            .map_err(|e| e.to_string())?;
-        // Checkpoint with retries: losing it only means re-running an idempotent state.
-        let mut delay = std::time::Duration::from_millis(20);
-        loop {
-            match store
-                .transact(vec![Write::put(exec_item(&st).map_err(|e| e.to_string())?)])
-                .await
-            {
-                Ok(()) => break,
-                Err(e) if delay < std::time::Duration::from_secs(5) => {
-                    tracing::warn!(execution = %name, error = %e, "checkpoint failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-                Err(e) => return Err(e.to_string()),
-            }
-        }
+            .map_err(|e| StoreError::Corrupt {
+                key: name.into(),
+                reason: e.to_string(),
+            })?;
+        // Checkpoint under the transient rule: losing it only means re-running an idempotent state.
+        let writes = checkpoint_writes(&st)?;
+        with_retries(backoff, name, || store.transact(writes.clone())).await?;
         if faults.crash_after_state.as_deref() == Some(state_name.as_str()) {
             eprintln!("fault injection: exiting after state {state_name} of {name}");
             std::process::exit(86);
@@ -226,9 +317,39 @@ async fn run_execution(
     }
     match &st.status {
         ExecutionStatus::Failed { error, cause } => {
-            tracing::error!(execution = %name, error, cause, "execution failed")
+            tracing::error!(execution = %name, error, cause, "execution failed");
+            Ok(Some(FailedExecution {
+                execution: name.into(),
+                error: error.clone(),
+                cause: cause.clone(),
+            }))
         }
-        _ => tracing::info!(execution = %name, "execution finished"),
+        _ => {
+            tracing::info!(execution = %name, "execution finished");
+            Ok(None)
+        }
     }
-    Ok(())
+}
+
+/// Retries a store call that found the store unavailable, under [`tokenops::backoff::Backoff`].
+async fn with_retries<T, F, Fut>(
+    backoff: tokenops::backoff::Backoff,
+    name: &str,
+    mut call: F,
+) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut tries = 0;
+    loop {
+        match call().await {
+            Err(StoreError::Unavailable(e)) if tries < backoff.retries => {
+                tracing::warn!(execution = %name, error = %e, retry = tries + 1, "store unavailable; retrying");
+                tokio::time::sleep(backoff.delay(tries)).await;
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
 }

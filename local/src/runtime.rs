@@ -13,15 +13,47 @@ use tokenops::ports::HttpSender;
 use tokenops::proof::{dsse::AttestationKey, webhook};
 use tokenops::provider::{TestProvider, TEST_PROVIDER};
 use tokenops::queue::StoreQueue;
-use tokenops::store::{local_client, DynamoStore};
+use tokenops::store::{local_client, DynamoStore, Store};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::asl::Engine;
 use crate::orchestrator::{Faults, LocalOrchestrator};
+use crate::store_gate::StoreGate;
 
 pub const TABLE: &str = "tokenops";
 pub const QUEUE: &str = "runs";
+pub const OPERATOR_KEY_FILE: &str = "operator.key";
+
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    #[error("no operator key in {0} (start `tokenops serve --data-dir` on it first)")]
+    NoKey(PathBuf),
+    #[error("the API at {0} is not reachable: {1}")]
+    Unreachable(String, String),
+    #[error("HTTP {0}: {1}")]
+    Refused(u16, String),
+}
+
+/// `tokenops redrive RUN`: `POST /runs/{run}/redrive` with the data dir's operator key.
+pub async fn operator_redrive(data_dir: &Path, api: &str, run_id: &str) -> Result<String, OperatorError> {
+    let key = std::fs::read_to_string(data_dir.join(OPERATOR_KEY_FILE))
+        .map_err(|_| OperatorError::NoKey(data_dir.to_path_buf()))?;
+    let resp = reqwest::Client::new()
+        .post(format!("{}/runs/{run_id}/redrive", api.trim_end_matches('/')))
+        .bearer_auth(key.trim())
+        .header("idempotency-key", format!("operator-redrive-{}", ulid::Ulid::new()))
+        .send()
+        .await
+        .map_err(|e| OperatorError::Unreachable(api.into(), e.to_string()))?;
+    let status = resp.status().as_u16();
+    let body = resp.text().await.unwrap_or_default();
+    if (200..300).contains(&status) {
+        Ok(body)
+    } else {
+        Err(OperatorError::Refused(status, body))
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -50,6 +82,13 @@ pub struct Options {
     pub callback_retry: RetryPolicy,
     pub queue_visibility_secs: i64,
     pub queue_max_receives: i64,
+    /// The relay's bounds (re-send, provider retries, failure handling) and how often it runs.
+    pub relay: queue::relay::RelayConfig,
+    pub relay_interval: Duration,
+    /// The transient-fault rule for checkpoints and record writes (tests may scale it).
+    pub transient: tokenops::backoff::Backoff,
+    /// Outage tests: put a [`StoreGate`] between the runtime and its embedded engine.
+    pub store_gate: Option<StoreGate>,
 }
 
 impl Options {
@@ -64,6 +103,10 @@ impl Options {
             },
             queue_visibility_secs: 10,
             queue_max_receives: 5,
+            relay: queue::relay::RelayConfig::default(),
+            relay_interval: Duration::from_secs(5),
+            transient: tokenops::backoff::Backoff::TRANSIENT,
+            store_gate: None,
         }
     }
 }
@@ -116,7 +159,25 @@ impl Runtime {
             .await;
         });
         let dynamodb_endpoint = format!("http://{ddb_addr}");
-        let store = DynamoStore::new(local_client(&dynamodb_endpoint), TABLE);
+        // Outage tests reach the engine through the gate; everything else talks to it directly.
+        let store_endpoint = match &opts.store_gate {
+            Some(gate) => {
+                let l = TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .map_err(|source| RuntimeError::Listen {
+                        addr: "store gate".into(),
+                        source,
+                    })?;
+                let a = l.local_addr().map_err(|source| RuntimeError::Listen {
+                    addr: "store gate".into(),
+                    source,
+                })?;
+                gate.spawn(l, ddb_addr, stop_rx.clone());
+                format!("http://{a}")
+            }
+            None => dynamodb_endpoint.clone(),
+        };
+        let store = DynamoStore::new(local_client(&store_endpoint), TABLE);
         store.ensure_table().await?;
 
         let api_addr = format!("127.0.0.1:{}", opts.port);
@@ -150,6 +211,19 @@ impl Runtime {
             source: std::io::Error::other("must hold 32 bytes"),
         })?;
         let provider_secret = String::from_utf8_lossy(&provider_secret).trim().to_string();
+        // The local operator's access key (`tokenops redrive`): stored, like every key, as a hash.
+        let operator_key = secret_file(&dir.join(OPERATOR_KEY_FILE), || {
+            tokenops::ids::random_token("tok_op").into_bytes()
+        })?;
+        let operator_key = String::from_utf8_lossy(&operator_key).trim().to_string();
+        store
+            .transact(vec![tokenops::store::Write::put(tokenops::store::Item::new(
+                tokenops::api::access_key_item_key(&operator_key),
+                "access_key",
+                Some(queue::redrive::OPERATOR),
+                serde_json::json!({"role": "operator"}),
+            ))])
+            .await?;
         let config = Config {
             public_base_url: base_url.clone(),
             allow_loopback_callbacks: true,
@@ -161,6 +235,7 @@ impl Runtime {
             attestation_key: AttestationKey::from_seed(seed),
             callback_retry: opts.callback_retry.clone(),
             idempotency_ttl_secs: 86_400,
+            transient: opts.transient,
         };
         let ctx = Ctx::new(store.clone(), config);
         let sender = HttpSender::new(Duration::from_secs(10));
@@ -184,12 +259,24 @@ impl Runtime {
             crate::server::App {
                 ctx: ctx.clone(),
                 queue: queue.clone(),
-                sender,
-                provider,
+                sender: sender.clone(),
+                provider: provider.clone(),
             },
             stop_rx.clone(),
         );
-        spawn_queue_consumer(ctx.clone(), queue.clone(), orchestrator.clone(), stop_rx);
+        spawn_queue_consumer(ctx.clone(), queue.clone(), orchestrator.clone(), stop_rx.clone());
+        spawn_relay(
+            Relay {
+                ctx: ctx.clone(),
+                queue: queue.clone(),
+                sender,
+                provider,
+                orchestrator: orchestrator.clone(),
+                cfg: opts.relay.clone(),
+            },
+            opts.relay_interval,
+            stop_rx,
+        );
         tracing::info!(%base_url, data_dir = %dir.display(), "tokenops local runtime ready");
         Ok(Runtime {
             ctx,
@@ -232,6 +319,40 @@ fn spawn_queue_consumer(
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(25)) => {}
                 _ = stop.changed() => {}
+            }
+        }
+    });
+}
+
+struct Relay {
+    ctx: LocalCtx,
+    queue: LocalQueue,
+    sender: HttpSender,
+    provider: TestProvider,
+    orchestrator: LocalOrchestrator,
+    cfg: queue::relay::RelayConfig,
+}
+
+/// The relay (`queue::relay`) plus this plane's own duty: executions paused by an outage resume
+/// once the store answers again, without a restart.
+fn spawn_relay(r: Relay, every: Duration, mut stop: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        loop {
+            match queue::relay::tick(&r.ctx, &r.queue, &r.sender, &r.provider, &r.cfg).await {
+                Ok(report) if report != queue::relay::RelayReport::default() => {
+                    tracing::info!(?report, "relay tick")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "relay tick failed; next tick"),
+            }
+            match r.orchestrator.resume_stalled().await {
+                Ok(n) if n > 0 => tracing::info!(resumed = n, "relay resumed paused executions"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "relay could not list executions; next tick"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.wait_for(|s| *s) => return,
             }
         }
     });

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use crate::config::Ctx;
 use crate::error::StoreError;
 use crate::ids::{now, now_rfc3339, run_object_id};
-use crate::model::{CallbackAttempt, CallbackPayload, CallbackRecord, FullLoopPayload};
+use crate::model::{
+    CallbackAttempt, CallbackFailure, CallbackPayload, CallbackRecord, FullLoopPayload,
+};
 use crate::ports::CallbackSender;
 use crate::proof::{jcs, webhook};
 use crate::rules;
@@ -45,6 +47,7 @@ pub fn payload<S>(ctx: &Ctx<S>, run: &FullLoopPayload) -> CallbackPayload {
             .map(|id| ctx.config.url(&format!("/results/{id}")))
             .unwrap_or_default(),
         receipts,
+        failure: None,
     }
 }
 
@@ -65,8 +68,10 @@ pub async fn agent_secret<S: Store>(store: &S, agent_id: &str) -> Result<String,
         })
 }
 
-/// Tries to deliver `record.payload`, appending one attempt per try. Failed attempts are written
-/// as they happen so the trail survives a crash; the caller writes the final record.
+/// Tries to deliver `record.payload`, at most `callback_retry.attempts` times. The record is
+/// written *before* each attempt (status `sending`) and after it (the attempt's outcome), so a
+/// crash mid-send is visible and a delivered callback is never sent again by a retried task:
+/// the only window for a second delivery (same `webhook-id`) is a crash during the HTTP request.
 pub async fn deliver<S: Store, C: CallbackSender>(
     ctx: &Ctx<S>,
     sender: &C,
@@ -74,6 +79,9 @@ pub async fn deliver<S: Store, C: CallbackSender>(
     secret: &str,
     owner: &str,
 ) -> Result<bool, StoreError> {
+    if record.status == "delivered" {
+        return Ok(true);
+    }
     let body = serde_json::to_vec(&record.payload).map_err(|e| StoreError::Corrupt {
         key: record.callback_id.clone(),
         reason: e.to_string(),
@@ -81,6 +89,13 @@ pub async fn deliver<S: Store, C: CallbackSender>(
     let policy = ctx.config.callback_retry.clone();
     let mut delay = Duration::from_millis(policy.base_delay_ms);
     for i in 0..policy.attempts.max(1) {
+        if record.status == "sending" {
+            // A previous attempt was cut off (crash): its outcome is unknown, so send again.
+            tracing::warn!(run_id = %record.run_id, "callback attempt interrupted earlier; sending again");
+        }
+        record.status = "sending".into();
+        record.updated_at = now_rfc3339();
+        persist(ctx, record, owner).await?;
         let started = Instant::now();
         let outcome = attempt(ctx, sender, record, secret, &body).await;
         let (status_code, error) = match outcome {
@@ -97,22 +112,88 @@ pub async fn deliver<S: Store, C: CallbackSender>(
             duration_ms: started.elapsed().as_millis() as u64,
         });
         record.updated_at = now_rfc3339();
+        let last = i + 1 >= policy.attempts.max(1);
+        record.status = match (&error, last) {
+            (None, _) => "delivered",
+            (Some(_), false) => "retrying",
+            (Some(_), true) => "failed",
+        }
+        .into();
+        persist(ctx, record, owner).await?;
         if error.is_none() {
-            record.status = "delivered".into();
             return Ok(true);
         }
-        record.status = "retrying".into();
         tracing::warn!(run_id = %record.run_id, attempt = n, error = error.as_deref().unwrap_or(""), "callback attempt failed");
-        ctx.store
-            .transact(vec![Write::put(record_item(record, owner)?)])
-            .await?;
-        if i + 1 < policy.attempts {
+        if !last {
             tokio::time::sleep(delay).await;
             delay = delay.saturating_mul(2);
         }
     }
-    record.status = "failed".into();
     Ok(false)
+}
+
+/// Writes the record, retrying a store that is unavailable under the transient rule: losing the
+/// write after a delivered attempt would mean sending the callback again.
+async fn persist<S: Store>(
+    ctx: &Ctx<S>,
+    record: &CallbackRecord,
+    owner: &str,
+) -> Result<(), StoreError> {
+    let backoff = ctx.config.transient;
+    let mut tries = 0;
+    loop {
+        match ctx
+            .store
+            .transact(vec![Write::put(record_item(record, owner)?)])
+            .await
+        {
+            Err(StoreError::Unavailable(e)) if tries < backoff.retries => {
+                tracing::warn!(run_id = %record.run_id, error = %e, "callback record not written; retrying");
+                tokio::time::sleep(backoff.delay(tries)).await;
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The callback record of a run (created once, then reused by retries and redeliveries).
+pub async fn record_for<S: Store>(
+    ctx: &Ctx<S>,
+    run: &FullLoopPayload,
+    url: &str,
+) -> Result<CallbackRecord, StoreError> {
+    match ctx.store.get(&Key::object(&callback_id(&run.run_id))).await? {
+        Some(i) => i.decode(),
+        None => new_record(ctx, run, url),
+    }
+}
+
+/// The `tokenops.run.failed` callback for the run's `n`-th failure: its own record and
+/// `webhook-id`, so it never collides with the run's completion callback after a redrive.
+pub fn failure_record(
+    run: &FullLoopPayload,
+    url: &str,
+    failure: CallbackFailure,
+    n: u32,
+) -> Result<CallbackRecord, StoreError> {
+    let payload = CallbackPayload {
+        event_type: "tokenops.run.failed".into(),
+        run_id: run.run_id.clone(),
+        state: "failed".into(),
+        next_action: "redrive_run".into(),
+        result_package_url: String::new(),
+        receipts: Default::default(),
+        failure: Some(failure),
+    };
+    let suffix = crate::ids::suffix(&run.run_id);
+    record_with(
+        run,
+        url,
+        format!("cbf_{suffix}_{n}"),
+        format!("msg_{suffix}_failed_{n}"),
+        payload,
+    )
 }
 
 async fn attempt<S, C: CallbackSender>(
@@ -145,18 +226,33 @@ pub fn new_record<S>(
     run: &FullLoopPayload,
     url: &str,
 ) -> Result<CallbackRecord, StoreError> {
-    let payload = payload(ctx, run);
+    record_with(
+        run,
+        url,
+        callback_id(&run.run_id),
+        // Stable per run: receivers dedupe redeliveries by webhook-id.
+        format!("msg_{}", crate::ids::suffix(&run.run_id)),
+        payload(ctx, run),
+    )
+}
+
+fn record_with(
+    run: &FullLoopPayload,
+    url: &str,
+    callback_id: String,
+    webhook_id: String,
+    payload: CallbackPayload,
+) -> Result<CallbackRecord, StoreError> {
     let payload_digest = jcs::digest(&payload).map_err(|e| StoreError::Corrupt {
         key: run.run_id.clone(),
         reason: e.to_string(),
     })?;
     Ok(CallbackRecord {
         object_type: "callback_delivery".into(),
-        callback_id: callback_id(&run.run_id),
+        callback_id,
         run_id: run.run_id.clone(),
         url: url.into(),
-        // Stable per run: receivers dedupe redeliveries by webhook-id.
-        webhook_id: format!("msg_{}", crate::ids::suffix(&run.run_id)),
+        webhook_id,
         payload,
         payload_digest,
         status: "pending".into(),

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::backoff::Backoff;
 use crate::proof::dsse::AttestationKey;
 
 #[derive(Clone, Debug)]
@@ -22,6 +23,9 @@ pub struct Config {
     pub attestation_key: AttestationKey,
     pub callback_retry: RetryPolicy,
     pub idempotency_ttl_secs: i64,
+    /// The rule for transient store faults outside the ASL (checkpoints, record writes, the
+    /// relay): [`Backoff::TRANSIENT`]; tests may scale it.
+    pub transient: Backoff,
 }
 
 impl Config {

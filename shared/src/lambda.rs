@@ -77,6 +77,7 @@ pub async fn ctx_from_env() -> Result<Ctx<DynamoStore>, ConfigError> {
             base_delay_ms: 500,
         },
         idempotency_ttl_secs: 86_400,
+        transient: crate::backoff::Backoff::TRANSIENT,
     };
     Ok(Ctx::new(store, config))
 }
@@ -213,6 +214,80 @@ impl crate::ports::Orchestrator for StepFunctions {
             }
         }
     }
+
+    async fn redrive(
+        &self,
+        name: &str,
+    ) -> Result<crate::ports::Redriven, crate::error::StoreError> {
+        self.redrive_execution(name).await
+    }
+}
+
+impl StepFunctions {
+    /// Executions are named by the run: the ARN follows from the state machine's.
+    fn execution_arn(&self, name: &str) -> String {
+        format!(
+            "{}:{name}",
+            self.state_machine_arn.replacen(":stateMachine:", ":execution:", 1)
+        )
+    }
+}
+
+impl StepFunctions {
+    pub async fn redrive_execution(
+        &self,
+        name: &str,
+    ) -> Result<crate::ports::Redriven, crate::error::StoreError> {
+        use crate::ports::Redriven;
+        let res = self
+            .client
+            .redrive_execution()
+            .execution_arn(self.execution_arn(name))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(Redriven::Yes),
+            Err(e) => {
+                let msg = format!("{}", aws_sdk_sfn::error::DisplayErrorContext(&e));
+                if msg.contains("ExecutionNotRedrivable") {
+                    Ok(Redriven::NotFailed)
+                } else if msg.contains("ExecutionDoesNotExist") {
+                    Ok(Redriven::NotFound)
+                } else {
+                    Err(crate::error::StoreError::Unavailable(msg))
+                }
+            }
+        }
+    }
+}
+
+/// An EventBridge "Step Functions Execution Status Change" event for a FAILED, TIMED_OUT or
+/// ABORTED execution → what the failure handler needs. The event carries the execution's error
+/// and cause (`detail.error`, `detail.cause`); a timeout or abort has none, so its status names it.
+pub fn failed_execution(ev: &Value) -> Option<crate::model::FailedExecution> {
+    if ev.get("detail-type").and_then(Value::as_str) != Some("Step Functions Execution Status Change") {
+        return None;
+    }
+    let d = ev.get("detail")?;
+    let status = d.get("status").and_then(Value::as_str)?;
+    if !matches!(status, "FAILED" | "TIMED_OUT" | "ABORTED") {
+        return None;
+    }
+    let text = |k: &str| d.get(k).and_then(Value::as_str).map(str::to_string);
+    Some(crate::model::FailedExecution {
+        execution: text("name")?,
+        error: text("error").unwrap_or_else(|| match status {
+            "TIMED_OUT" => "States.Timeout".into(),
+            "ABORTED" => "Aborted".into(),
+            _ => "States.TaskFailed".into(),
+        }),
+        cause: text("cause").unwrap_or_else(|| format!("execution {status}")),
+    })
+}
+
+/// An EventBridge schedule's event (the relay's tick).
+pub fn is_scheduled(ev: &Value) -> bool {
+    ev.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event")
 }
 
 /// SQS event records → deliveries (body must be a run message; a bad body is reported per record).

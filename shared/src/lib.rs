@@ -10,6 +10,7 @@
 //! - [`error`]: one error type per layer.
 
 pub mod api;
+pub mod backoff;
 pub mod callback;
 pub mod config;
 pub mod error;

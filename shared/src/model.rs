@@ -273,12 +273,19 @@ pub struct QueueState {
 }
 
 /// What the queue carries.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
 pub struct RunMessage {
     pub run_id: String,
     /// 0 for the first execution; n for the n-th replay.
     #[serde(default)]
     pub replay: u32,
+    /// n > 0: redrive the (failed) execution for the n-th time instead of starting it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub redrive: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl RunMessage {
@@ -325,6 +332,14 @@ pub struct ExceptionTicket {
     pub evidence_score: u8,
     pub supply_evidence_url: String,
     pub created_at: String,
+    /// `stage_failure` tickets: the stage whose execution failed for good, and its error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_stage: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What to do about it (`POST /runs/{id}/redrive`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redrive_url: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
@@ -412,6 +427,18 @@ pub struct CallbackPayload {
     pub next_action: String,
     pub result_package_url: String,
     pub receipts: BTreeMap<String, String>,
+    /// `tokenops.run.failed` only: the stage that failed, the error, and the exception ticket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<CallbackFailure>,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+pub struct CallbackFailure {
+    pub stage: String,
+    pub error: String,
+    pub exception_url: String,
+    pub hold_released: bool,
+    pub redrive_url: String,
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
@@ -468,6 +495,44 @@ pub struct FullLoopPayload {
     pub attested: bool,
     pub created_at: String,
     pub updated_at: String,
+    /// Set while the run is `failed`: which stage failed, with what, and what was undone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<RunFailure>,
+    /// How often a failed run was redriven.
+    #[serde(default)]
+    pub redrives: u32,
+}
+
+/// A failed execution, as the EventBridge event or the local orchestrator reports it (the
+/// failure handler's input).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+pub struct FailedExecution {
+    /// The execution name: the run id, or `<run>-replay-<n>`.
+    pub execution: String,
+    pub error: String,
+    pub cause: String,
+}
+
+/// Why a run is `failed` (its execution failed for good) and what the failure handler did.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+pub struct RunFailure {
+    /// The stage whose task failed (the one a redrive restarts).
+    pub stage: String,
+    /// The error type (`errorType`) and a cause a person can read.
+    pub error: String,
+    pub cause: String,
+    /// The state the run was in when it failed; a redrive puts it back there.
+    pub failed_from: RunState,
+    /// The orchestrator's execution that failed (the one a redrive resumes).
+    pub execution: String,
+    pub exception_id: String,
+    /// Whether the failure released the run's hold (false when it was already captured).
+    pub hold_released: bool,
+    pub failed_at: String,
+    /// Whether the ticket and the release are in the ledger yet.
+    pub ledgered: bool,
+    /// The `tokenops.run.failed` callback: `pending`, `delivered` or `failed`.
+    pub callback_status: String,
 }
 
 impl FullLoopPayload {

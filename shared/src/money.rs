@@ -154,6 +154,7 @@ fn settle_hold(
     ent: &str,
     owner: &str,
     run_id: &str,
+    subject: &str,
     credits: i64,
 ) -> (Transfer, Vec<Write>) {
     let (credit, add): (String, Vec<(&str, i64)>) = if kind == "capture" {
@@ -171,7 +172,7 @@ fn settle_hold(
             ],
         )
     };
-    let t = transfer(kind, run_id, held(ent), credit, credits, ent, Some(run_id));
+    let t = transfer(kind, subject, held(ent), credit, credits, ent, Some(run_id));
     let w = vec![
         transfer_write(&t, owner),
         adjust(ent, &add, vec![]),
@@ -188,12 +189,60 @@ fn settle_hold(
 
 /// Capture at usage receipt: at most once, and only from a live hold.
 pub fn capture(ent: &str, owner: &str, run_id: &str, credits: i64) -> (Transfer, Vec<Write>) {
-    settle_hold("capture", "captured", ent, owner, run_id, credits)
+    settle_hold("capture", "captured", ent, owner, run_id, run_id, credits)
 }
 
 /// Release on cancel: only from a live hold, never after capture.
 pub fn release(ent: &str, owner: &str, run_id: &str, credits: i64) -> (Transfer, Vec<Write>) {
-    settle_hold("release", "released", ent, owner, run_id, credits)
+    settle_hold("release", "released", ent, owner, run_id, run_id, credits)
+}
+
+/// Release when the run's execution failed for good (the `n`-th failure of this run: a redriven
+/// run can fail again, and each release is its own transfer). Only from a live hold.
+pub fn release_failed(
+    ent: &str,
+    owner: &str,
+    run_id: &str,
+    n: u32,
+    credits: i64,
+) -> (Transfer, Vec<Write>) {
+    let subject = format!("{run_id}_f{n}");
+    settle_hold("release", "released", ent, owner, run_id, &subject, credits)
+}
+
+/// Takes a released hold again for the `n`-th redrive of a failed run; fails its condition when
+/// fewer than `credits` are available (the credits went elsewhere meanwhile).
+pub fn rehold(ent: &str, owner: &str, run_id: &str, n: u32, credits: i64) -> (Transfer, Vec<Write>) {
+    let t = transfer(
+        "hold",
+        &format!("{run_id}_r{n}"),
+        available(ent),
+        held(ent),
+        credits,
+        ent,
+        Some(run_id),
+    );
+    let w = vec![
+        transfer_write(&t, owner),
+        adjust(
+            ent,
+            &[("available", -credits), ("held", credits)],
+            vec![Cond::NumAtLeast("available".into(), credits)],
+        ),
+        Write::Update {
+            key: Key::new(format!("HOLD#{run_id}"), "HOLD"),
+            add: vec![],
+            set_attrs: vec![("status".into(), "held".into())],
+            set_doc: None,
+            conds: vec![Cond::AttrEq("status".into(), "released".into())],
+        },
+    ];
+    (t, w)
+}
+
+/// The run's hold item status: `held`, `captured`, `released` (None if the run never held).
+pub fn hold_key(run_id: &str) -> Key {
+    Key::new(format!("HOLD#{run_id}"), "HOLD")
 }
 
 /// Replays the transfers into account balances; every transfer debits one account and credits

@@ -46,6 +46,16 @@ pub enum Started {
     AlreadyExists,
 }
 
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Redriven {
+    /// The failed execution resumes from the state that failed.
+    Yes,
+    /// The execution is not failed (running, or redriven already): nothing to do.
+    NotFailed,
+    /// No execution by that name.
+    NotFound,
+}
+
 /// Starts the orchestrated path (Step Functions in AWS, the local ASL engine here).
 pub trait Orchestrator: Send + Sync + Clone + 'static {
     fn start(
@@ -53,6 +63,9 @@ pub trait Orchestrator: Send + Sync + Clone + 'static {
         name: &str,
         input: serde_json::Value,
     ) -> impl Future<Output = Result<Started, StoreError>> + Send;
+    /// Resumes a failed execution from the state that failed, keeping what succeeded
+    /// (Step Functions `RedriveExecution`; the local engine's equivalent).
+    fn redrive(&self, name: &str) -> impl Future<Output = Result<Redriven, StoreError>> + Send;
 }
 
 /// Outbound HTTP for callbacks: returns the status code or a transport error.

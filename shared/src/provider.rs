@@ -4,12 +4,44 @@
 
 use std::time::Duration;
 
+use crate::error::StoreError;
 use crate::model::{ProviderConfirmation, ProviderRoute};
+use crate::store::{Item, Key, Write};
 use crate::ports::SettlementProvider;
 use crate::proof::webhook;
 
 pub const TEST_PROVIDER: &str = "test_provider";
 pub const PROVIDERS: &[&str] = &[TEST_PROVIDER];
+
+/// The payment outbox: a payment request waiting for its provider's confirmation
+/// (`PAYREQ/<settlement_id>`), written with the route and deleted by the funding transaction.
+/// The relay asks the provider again for entries older than its bound, and fails the request
+/// (route and entitlement `failed`) once its attempts are spent, so every payment request ends
+/// funded or failed whatever dies when.
+pub fn payment_outbox_key(settlement_id: &str) -> Key {
+    Key::new("PAYREQ", settlement_id)
+}
+
+pub fn payment_outbox_write(route: &ProviderRoute) -> Result<Write, StoreError> {
+    let now_ms = (crate::ids::now().unix_timestamp_nanos() / 1_000_000) as i64;
+    Ok(Write::put(
+        Item::of(
+            payment_outbox_key(&route.settlement_id),
+            "payment_outbox",
+            Some(&route.agent_id),
+            route,
+        )?
+        .num("queued_at_ms", now_ms)
+        .num("tries", 0),
+    ))
+}
+
+pub fn payment_settled_write(settlement_id: &str) -> Write {
+    Write::Delete {
+        key: payment_outbox_key(settlement_id),
+        conds: vec![],
+    }
+}
 
 /// A webhook ready to send: (headers, body).
 pub type SignedWebhook = (Vec<(String, String)>, Vec<u8>);

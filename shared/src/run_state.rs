@@ -19,6 +19,9 @@ pub enum RunState {
     CallbackDelivered,
     CallbackFailed,
     Cancelled,
+    /// The execution failed for good (retries exhausted, or an error that cannot heal): the hold
+    /// is released, an exception ticket names the stage; `POST /runs/{id}/redrive` resumes it.
+    Failed,
 }
 
 use RunState::*;
@@ -48,6 +51,7 @@ impl RunState {
             CallbackDelivered => "callback_delivered",
             CallbackFailed => "callback_failed",
             Cancelled => "cancelled",
+            Failed => "failed",
         }
     }
 
@@ -65,7 +69,7 @@ impl RunState {
             SettlementReceipted => 4,
             UsageCaptured => 5,
             CallbackDelivered | CallbackFailed => 6,
-            ExceptionOpen | Replaying | Cancelled => return None,
+            ExceptionOpen | Replaying | Cancelled | Failed => return None,
         })
     }
 
@@ -82,6 +86,18 @@ impl RunState {
             CallbackDelivered => &[UsageCaptured, CallbackFailed],
             CallbackFailed => &[UsageCaptured],
             Cancelled => &[Queued, ExceptionOpen],
+            // Any state an execution is running in; a redrive goes back to the state it left.
+            Failed => &[
+                Queued,
+                Dispatched,
+                Replaying,
+                Reviewed,
+                ResultContracted,
+                SettlementReceipted,
+                UsageCaptured,
+                CallbackDelivered,
+                CallbackFailed,
+            ],
         }
     }
 
@@ -104,16 +120,17 @@ impl RunState {
             CallbackFailed => "redeliver_callback",
             ExceptionOpen => "supply_missing_evidence",
             Cancelled => "none",
+            Failed => "redrive_run",
             _ => "await_result",
         }
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, CallbackDelivered | Cancelled)
+        matches!(self, CallbackDelivered | Cancelled | Failed)
     }
 }
 
-pub const ALL: [RunState; 11] = [
+pub const ALL: [RunState; 12] = [
     Queued,
     Dispatched,
     Reviewed,
@@ -125,6 +142,7 @@ pub const ALL: [RunState; 11] = [
     CallbackDelivered,
     CallbackFailed,
     Cancelled,
+    Failed,
 ];
 
 #[cfg(test)]
@@ -164,6 +182,20 @@ mod tests {
         assert_eq!(UsageCaptured.check(Cancelled), Transition::Refused);
         assert_eq!(Cancelled.check(Dispatched), Transition::Refused);
         assert_eq!(ExceptionOpen.check(ResultContracted), Transition::Refused);
+    }
+
+    #[test]
+    fn failed_is_entered_from_running_states_and_stops_every_stage() {
+        for from in [Dispatched, Reviewed, SettlementReceipted, UsageCaptured] {
+            assert_eq!(from.check(Failed), Transition::Go, "{from:?}");
+        }
+        assert_eq!(Failed.check(Failed), Transition::AlreadyDone);
+        assert_eq!(Cancelled.check(Failed), Transition::Refused);
+        assert_eq!(ExceptionOpen.check(Failed), Transition::Refused);
+        for to in [ResultContracted, UsageCaptured, CallbackDelivered, Cancelled] {
+            assert_eq!(Failed.check(to), Transition::Refused, "{to:?}");
+        }
+        assert_eq!(Failed.next_action(false), "redrive_run");
     }
 
     #[test]

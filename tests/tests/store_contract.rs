@@ -764,6 +764,7 @@ fn ctx(store: DynamoStore) -> Ctx<DynamoStore> {
                 base_delay_ms: 1,
             },
             idempotency_ttl_secs: 3600,
+            transient: tokenops::backoff::Backoff::TRANSIENT,
         },
     )
 }

@@ -4,14 +4,14 @@
 //! sends it again on request.
 
 use tokenops::api::{owned_object, serve, Call};
-use tokenops::callback::{agent_secret, callback_id, deliver, new_record, record_item};
+use tokenops::callback::{agent_secret, callback_id, deliver, record_for, record_item};
 use tokenops::config::Ctx;
 use tokenops::error::{ApiError, StoreError, TaskError};
 use tokenops::http::{ApiRequest, ApiResponse};
 use tokenops::model::{CallbackRecord, RunContract, TaskOutput};
 use tokenops::ports::CallbackSender;
 use tokenops::proof::jcs;
-use tokenops::run_state::RunState;
+use tokenops::run_state::{RunState, Transition};
 use tokenops::stage::{advance, load, task_input, Step};
 use tokenops::store::Store;
 
@@ -40,62 +40,55 @@ pub async fn run_task<S: Store, C: CallbackSender>(
 ) -> Result<TaskOutput, TaskError> {
     let run_id = task_input(&input)?;
     let rec = load(&ctx.store, &run_id).await?;
-    if rec.payload.state == RunState::CallbackFailed {
-        // Already tried and recorded; only a redelivery request sends again.
-        return Err(TaskError::CallbackDeliveryFailed {
-            attempts: 0,
-            last_error: "run is callback_failed; redeliver on request".into(),
-        });
+    match rec.payload.state.check(RunState::CallbackDelivered) {
+        _ if rec.payload.state == RunState::CallbackFailed => {
+            // Already tried and recorded; only a redelivery request sends again.
+            return Err(TaskError::CallbackDeliveryFailed {
+                attempts: 0,
+                last_error: "run is callback_failed; redeliver on request".into(),
+            });
+        }
+        Transition::Go => {}
+        // Delivered already (or refused): `advance` answers without an effect.
+        _ => return advance(&ctx.store, &run_id, STAGE, RunState::CallbackDelivered, no_step).await,
     }
-    let out = advance(
+    // Deliver first, outside the run's optimistic lock: a lost lock must not mean a second POST.
+    // The callback record is written before and after every attempt (see `deliver`).
+    let agent = rec.payload.agent_id.clone();
+    let contract: RunContract = owned_object(
         &ctx.store,
-        &run_id,
-        STAGE,
-        RunState::CallbackDelivered,
-        |rec| async move {
-            let agent = rec.payload.agent_id.clone();
-            let contract: RunContract = owned_object(
-                &ctx.store,
-                &tokenops::ids::run_object_id("rc", &rec.payload.run_id),
-                &agent,
-                "run_id",
-            )
-            .await?
-            .decode()?;
-            let secret = agent_secret(&ctx.store, &agent).await?;
-            let mut record = match ctx
-                .store
-                .get(&tokenops::store::Key::object(&callback_id(
-                    &rec.payload.run_id,
-                )))
-                .await?
-            {
-                Some(i) => i.decode::<CallbackRecord>()?,
-                None => new_record(ctx, &rec.payload, &contract.callback_url)?,
-            };
-            let delivered = deliver(ctx, sender, &mut record, &secret, &agent).await?;
-            let mut payload = rec.payload.clone();
-            payload.state = if delivered {
-                RunState::CallbackDelivered
-            } else {
-                RunState::CallbackFailed
-            };
-            payload.link(
-                STAGE,
-                &record.callback_id,
-                "callback_delivery",
-                ctx.config.url(&format!("/runs/{}", payload.run_id)),
-                jcs::digest(&record.payload).ok(),
-            );
-            let writes = vec![tokenops::store::Write::put(record_item(&record, &agent)?)];
-            Ok(Step {
-                object_id: record.callback_id.clone(),
-                payload,
-                writes,
-                evidence_status: None,
-            })
-        },
+        &tokenops::ids::run_object_id("rc", &run_id),
+        &agent,
+        "run_id",
     )
+    .await?
+    .decode()?;
+    let mut record = record_for(ctx, &rec.payload, &contract.callback_url).await?;
+    let secret = agent_secret(&ctx.store, &agent).await?;
+    let delivered = deliver(ctx, sender, &mut record, &secret, &agent).await?;
+    let to = if delivered {
+        RunState::CallbackDelivered
+    } else {
+        RunState::CallbackFailed
+    };
+    let record = &record;
+    let out = advance(&ctx.store, &run_id, STAGE, to, |rec| async move {
+        let mut payload = rec.payload.clone();
+        payload.state = to;
+        payload.link(
+            STAGE,
+            &record.callback_id,
+            "callback_delivery",
+            ctx.config.url(&format!("/runs/{}", payload.run_id)),
+            jcs::digest(&record.payload).ok(),
+        );
+        Ok(Step {
+            object_id: record.callback_id.clone(),
+            payload,
+            writes: vec![],
+            evidence_status: None,
+        })
+    })
     .await?;
     if out.state == RunState::CallbackFailed {
         let attempts = ctx.config.callback_retry.attempts;
@@ -105,6 +98,16 @@ pub async fn run_task<S: Store, C: CallbackSender>(
         });
     }
     Ok(out)
+}
+
+/// `advance` for a run already past the callback: never called, the transition is `AlreadyDone`
+/// or refused before it would be.
+async fn no_step(rec: tokenops::api::RunRecord) -> Result<Step, TaskError> {
+    Err(TaskError::InvalidTransition {
+        run_id: rec.payload.run_id.clone(),
+        state: rec.payload.state.as_str().into(),
+        stage: STAGE,
+    })
 }
 
 async fn redeliver<S: Store, C: CallbackSender>(

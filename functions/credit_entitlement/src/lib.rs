@@ -146,6 +146,7 @@ async fn confirm<S: Store>(ctx: &Ctx<S>, call: Call) -> Result<ApiResponse, ApiE
         None,
         &confirmed_route,
     )?));
+    writes.push(tokenops::provider::payment_settled_write(&sid));
     match ctx.store.transact(writes).await {
         Ok(()) => {
             tracing::info!(settlement_id = %sid, credit_entitlement_id = %ent_id, "entitlement funded");

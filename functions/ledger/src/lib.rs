@@ -94,62 +94,34 @@ pub async fn run_task<S: Store>(
             });
         }
         let agent = p.agent_id.clone();
-        let head = ctx.store.get(&head_key(&agent)).await?;
-        let mut prev: Option<LedgerEntry> = head.as_ref().map(|h| h.decode()).transpose()?;
-        let mut writes = Vec::new();
-        let mut new_entries = Vec::new();
-        for stage in LEDGERED {
-            let Some(l) = p.first_link(stage) else {
-                continue;
-            };
-            let credits = (*stage == "usage_receipt").then_some(-p.credits);
-            let seq = prev.as_ref().map(|e| e.seq + 1).unwrap_or(1);
-            let draft = EntryDraft {
-                entry_id: format!("ledger_{}_{seq}", tokenops::ids::suffix(&agent)),
-                chain_id: agent.clone(),
-                run_id: run_id.clone(),
-                entry_type: stage.to_string(),
-                object_id: l.id.clone(),
-                object_digest: l.sha256.clone().unwrap_or_default(),
-                credits,
-                recorded_at: now_rfc3339(),
-            };
-            let e = link(prev.as_ref(), draft).map_err(|e| TaskError::Internal(e.to_string()))?;
-            writes.push(Write::create(Item::of(
-                Key::new(format!("LEDGER#{agent}"), format!("E#{:020}", e.seq)),
+        let entries: Vec<NewEntry> = LEDGERED
+            .iter()
+            .filter_map(|stage| {
+                p.first_link(stage).map(|l| NewEntry {
+                    entry_type: stage.to_string(),
+                    object_id: l.id.clone(),
+                    object_digest: l.sha256.clone().unwrap_or_default(),
+                    credits: (*stage == "usage_receipt").then_some(-p.credits),
+                })
+            })
+            .collect();
+        let appended = append_once(&ctx.store, &agent, &run_id, &entries, |last| {
+            let mut payload = p.clone();
+            payload.link(
+                STAGE,
+                &last.entry_id,
                 "ledger_entry",
-                Some(&agent),
-                &e,
-            )?));
-            new_entries.push(e.clone());
-            prev = Some(e);
-        }
-        let Some(last) = prev.clone() else {
-            return Err(TaskError::Internal("nothing to ledger".into()));
-        };
-        let head_cond = match &head {
-            Some(h) => vec![Cond::NumEq("seq".into(), h.get_num("seq"))],
-            None => vec![Cond::NotExists],
-        };
-        writes.push(Write::put_if(
-            Item::of(head_key(&agent), "ledger_head", Some(&agent), &last)?
-                .num("seq", last.seq as i64),
-            head_cond,
-        ));
-        let mut payload = p.clone();
-        payload.link(
-            STAGE,
-            &last.entry_id,
-            "ledger_entry",
-            ctx.config.url(&format!("/ledger?run_id={run_id}")),
-            Some(last.entry_hash.clone()),
-        );
-        writes.push(rec.save(payload)?);
-        match ctx.store.transact(writes).await {
-            Ok(()) => {
+                ctx.config.url(&format!("/ledger?run_id={run_id}")),
+                Some(last.entry_hash.clone()),
+            );
+            Ok(vec![rec.save(payload)?])
+        })
+        .await;
+        match appended {
+            Ok(last) => {
                 tracing::info!(
                     run_id,
-                    entries = new_entries.len(),
+                    entries = entries.len(),
                     head_seq = last.seq,
                     "ledger appended"
                 );
@@ -172,7 +144,71 @@ pub async fn run_task<S: Store>(
     Err(TaskError::StoreUnavailable("ledger head contention".into()))
 }
 
-fn rand_jitter() -> u64 {
+/// One entry to append: what it records, the object's id and digest, and credits moved (if any).
+pub struct NewEntry {
+    pub entry_type: String,
+    pub object_id: String,
+    pub object_digest: String,
+    pub credits: Option<i64>,
+}
+
+/// Appends `entries` for `run_id` to `agent`'s chain in one transaction with the writes `with`
+/// derives from the new head, under the head's condition. `ConditionFailed` means another append
+/// won: the caller re-reads and tries again.
+pub async fn append_once<S: Store>(
+    store: &S,
+    agent: &str,
+    run_id: &str,
+    entries: &[NewEntry],
+    with: impl FnOnce(&LedgerEntry) -> Result<Vec<Write>, StoreError>,
+) -> Result<LedgerEntry, StoreError> {
+    let head = store.get(&head_key(agent)).await?;
+    let mut prev: Option<LedgerEntry> = head.as_ref().map(|h| h.decode()).transpose()?;
+    let mut writes = Vec::new();
+    for n in entries {
+        let seq = prev.as_ref().map(|e| e.seq + 1).unwrap_or(1);
+        let draft = EntryDraft {
+            entry_id: format!("ledger_{}_{seq}", tokenops::ids::suffix(agent)),
+            chain_id: agent.to_string(),
+            run_id: run_id.to_string(),
+            entry_type: n.entry_type.clone(),
+            object_id: n.object_id.clone(),
+            object_digest: n.object_digest.clone(),
+            credits: n.credits,
+            recorded_at: now_rfc3339(),
+        };
+        let e = link(prev.as_ref(), draft).map_err(|e| StoreError::Corrupt {
+            key: format!("ledger of {agent}"),
+            reason: e.to_string(),
+        })?;
+        writes.push(Write::create(Item::of(
+            Key::new(format!("LEDGER#{agent}"), format!("E#{:020}", e.seq)),
+            "ledger_entry",
+            Some(agent),
+            &e,
+        )?));
+        prev = Some(e);
+    }
+    let Some(last) = prev else {
+        return Err(StoreError::Corrupt {
+            key: run_id.to_string(),
+            reason: "nothing to ledger".into(),
+        });
+    };
+    let head_cond = match &head {
+        Some(h) => vec![Cond::NumEq("seq".into(), h.get_num("seq"))],
+        None => vec![Cond::NotExists],
+    };
+    writes.push(Write::put_if(
+        Item::of(head_key(agent), "ledger_head", Some(agent), &last)?.num("seq", last.seq as i64),
+        head_cond,
+    ));
+    writes.extend(with(&last)?);
+    store.transact(writes).await?;
+    Ok(last)
+}
+
+pub fn rand_jitter() -> u64 {
     (std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())

@@ -135,6 +135,7 @@ async fn create<S: Store, P: SettlementProvider>(
             &route,
         )?),
         Write::create(ent_item),
+        tokenops::provider::payment_outbox_write(&route)?,
     ];
     let resp = commit(
         &ctx.store,
@@ -143,9 +144,11 @@ async fn create<S: Store, P: SettlementProvider>(
     )
     .await?;
     if resp.header("idempotent-replayed").is_none() {
-        provider.request_payment(&route).await.map_err(|e| {
-            ApiError::unavailable(format!("provider did not accept the payment request: {e}"))
-        })?;
+        // The request is in the payment outbox already: if the provider cannot be told now, the
+        // relay tells it later, so the settlement still ends funded or failed.
+        if let Err(e) = provider.request_payment(&route).await {
+            tracing::warn!(settlement_id = %route.settlement_id, error = %e, "provider not told yet; the relay retries");
+        }
     }
     Ok(resp)
 }

@@ -10,11 +10,15 @@ use tokenops::error::{ApiError, TaskError};
 use tokenops::http::{ApiRequest, ApiResponse};
 use tokenops::ids::{now_rfc3339, run_object_id};
 use tokenops::model::{QueueState, RunMessage};
-use tokenops::ports::{Delivery, Orchestrator, RunQueue};
+use tokenops::ports::{Delivery, Orchestrator, Redriven, RunQueue};
 use tokenops::proof::jcs;
 use tokenops::run_state::{RunState, Transition};
 use tokenops::stage::{advance, load, Step};
 use tokenops::store::{Item, Key, Store, Write};
+
+pub mod failure;
+pub mod redrive;
+pub mod relay;
 
 pub const STAGE: &str = "queue";
 
@@ -46,6 +50,11 @@ pub async fn handle<S: Store, Q: RunQueue>(
                     &json!({"queue": stats, "consumer_heartbeat": hb}),
                 ))
             }
+            "redrive_run" => {
+                let agent = call.caller.agent()?;
+                let run_id = tokenops::ids::parse_id("run", call.req.param("run_id"), "run_id")?;
+                redrive::redrive_run(ctx, queue, &run_id, agent, call.idem.as_ref()).await
+            }
             other => Err(ApiError::internal(format!("queue does not serve {other}"))),
         }
     })
@@ -64,6 +73,9 @@ pub async fn dispatch<S: Store, O: Orchestrator>(
         TaskError::BadInput(format!("message {} has no valid run_id", d.message_id))
     })?;
     let name = msg.execution_name();
+    if msg.redrive > 0 {
+        return redrive(ctx, orch, msg, &run_id, name).await;
+    }
     if msg.replay == 0 {
         let rec = load(&ctx.store, &run_id).await?;
         match rec.payload.state.check(RunState::Dispatched) {
@@ -135,6 +147,33 @@ pub async fn dispatch<S: Store, O: Orchestrator>(
     if msg.replay > 0 {
         clear_pending(ctx, msg).await?;
     }
+    Ok(name)
+}
+
+/// A redrive message (written by `POST /runs/{id}/redrive` with the run put back in the state it
+/// failed from): resume the failed execution. Stale messages (the run failed again, or went on)
+/// are dropped; a run that failed before its execution existed gets it started.
+async fn redrive<S: Store, O: Orchestrator>(
+    ctx: &Ctx<S>,
+    orch: &O,
+    msg: &RunMessage,
+    run_id: &str,
+    name: String,
+) -> Result<String, TaskError> {
+    let rec = load(&ctx.store, run_id).await?;
+    if rec.payload.redrives != msg.redrive || rec.payload.state.is_terminal() {
+        tracing::info!(run_id, state = rec.payload.state.as_str(), redrive = msg.redrive, "stale redrive message dropped");
+        clear_pending(ctx, msg).await?;
+        return Ok("dropped".into());
+    }
+    match orch.redrive(&name).await? {
+        Redriven::Yes => tracing::info!(run_id, execution = %name, "execution redriven"),
+        Redriven::NotFailed => tracing::info!(run_id, execution = %name, "execution not failed; redrive was a duplicate"),
+        Redriven::NotFound => {
+            orch.start(&name, json!({ "run_id": run_id })).await?;
+        }
+    }
+    clear_pending(ctx, msg).await?;
     Ok(name)
 }
 

@@ -1,9 +1,12 @@
-//! Wiring only: the SQS consumer (partial batch responses: Lambda deletes what succeeded) that
-//! also serves `GET /queue` from SQS attributes and the table.
+//! Wiring only. One function supervises the run path: the SQS consumer (partial batch responses:
+//! Lambda deletes what succeeded), `GET /queue`, the EventBridge rule on failed, timed-out and
+//! aborted executions (the failure handler), and the relay schedule.
 
 use lambda_runtime::{run, service_fn, Diagnostic, Error, LambdaEvent};
 use serde_json::{json, Value};
 use tokenops::lambda::{self, StepFunctions};
+use tokenops::ports::HttpSender;
+use tokenops::provider::TestProvider;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -11,13 +14,53 @@ async fn main() -> Result<(), Error> {
     let ctx = &lambda::ctx_from_env().await?;
     let orch = &StepFunctions::from_env().await?;
     let monitor = &lambda::sqs_queue_from_env().await?;
+    let sender = &HttpSender::new(std::time::Duration::from_secs(10));
+    let secret = ctx
+        .config
+        .provider_secrets
+        .get(tokenops::provider::TEST_PROVIDER)
+        .cloned()
+        .unwrap_or_default();
+    let provider = &TestProvider::new(
+        &ctx.config.public_base_url,
+        &secret,
+        std::time::Duration::ZERO,
+    )
+    .confirm_inline();
+    let relay_cfg = &queue::relay::RelayConfig::default();
     run(service_fn(move |ev: LambdaEvent<Value>| async move {
-        if lambda::is_apigw_v2(&ev.payload) {
+        let ev = ev.payload;
+        if lambda::is_apigw_v2(&ev) {
             return Ok::<_, Diagnostic>(lambda::response_to_apigw_v2(
-                &queue::handle(ctx, monitor, lambda::request_from_apigw_v2(&ev.payload)).await,
+                &queue::handle(ctx, monitor, lambda::request_from_apigw_v2(&ev)).await,
             ));
         }
-        let failures = queue::consume(ctx, orch, &lambda::sqs_deliveries(&ev.payload)).await;
+        if let Some(failed) = lambda::failed_execution(&ev) {
+            let outcome = queue::failure::handle(ctx, sender, &failed).await?;
+            return Ok(json!({"outcome": format!("{outcome:?}")}));
+        }
+        // An operator's direct invocation (IAM is the authentication): `{"tokenops_redrive": RUN}`.
+        if let Some(run_id) = ev.get("tokenops_redrive").and_then(Value::as_str) {
+            let run_id = tokenops::ids::parse_id("run", run_id, "tokenops_redrive")
+                .map_err(|e| tokenops::error::TaskError::BadInput(e.detail))?;
+            let resp = queue::redrive::redrive_run(
+                ctx,
+                monitor,
+                &run_id,
+                queue::redrive::OPERATOR,
+                None,
+            )
+            .await
+            .unwrap_or_else(|e| tokenops::http::ApiResponse::problem(&e));
+            return Ok(json!({"status": resp.status, "body": resp.json_body()}));
+        }
+        if lambda::is_scheduled(&ev) {
+            let report = queue::relay::tick(ctx, monitor, sender, provider, relay_cfg)
+                .await
+                .map_err(tokenops::error::TaskError::from)?;
+            return Ok(serde_json::to_value(report).unwrap_or_default());
+        }
+        let failures = queue::consume(ctx, orch, &lambda::sqs_deliveries(&ev)).await;
         let items: Vec<Value> = failures
             .iter()
             .map(|id| json!({"itemIdentifier": id}))

@@ -182,6 +182,8 @@ async fn create<S: Store, Q: RunQueue>(
         attested: false,
         created_at: now.clone(),
         updated_at: now,
+        failure: None,
+        redrives: 0,
     };
     payload.link(
         "onboarding",
@@ -244,7 +246,7 @@ async fn create<S: Store, Q: RunQueue>(
     )?));
     writes.push(tokenops::queue::pending_write(&RunMessage {
         run_id: run_id.clone(),
-        replay: 0,
+        ..Default::default()
     }));
     let body = json!({"run_id": run_id, "state": "queued", "run_contract": contract, "links": {"run": link_url(ctx, &format!("/runs/{run_id}"))}});
     let resp = match commit(
@@ -276,7 +278,10 @@ async fn create<S: Store, Q: RunQueue>(
             .is_some_and(|r| r.payload.state == RunState::Queued);
     if still_queued {
         queue
-            .send(&RunMessage { run_id, replay: 0 })
+            .send(&RunMessage {
+                run_id,
+                ..Default::default()
+            })
             .await
             .map_err(|e| {
                 ApiError::unavailable(format!(
@@ -456,6 +461,7 @@ async fn supply_evidence<S: Store, Q: RunQueue>(
     writes.push(tokenops::queue::pending_write(&RunMessage {
         run_id: run_id.clone(),
         replay: n,
+        ..Default::default()
     }));
     let resp = match commit(
         &ctx.store,
@@ -476,7 +482,11 @@ async fn supply_evidence<S: Store, Q: RunQueue>(
     };
     if resp.header("idempotent-replayed").is_none() {
         queue
-            .send(&RunMessage { run_id, replay: n })
+            .send(&RunMessage {
+                run_id,
+                replay: n,
+                ..Default::default()
+            })
             .await
             .map_err(|e| ApiError::unavailable(format!("replay stored but not enqueued: {e}")))?;
     }

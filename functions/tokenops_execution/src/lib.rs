@@ -151,6 +151,9 @@ pub async fn run_task<S: Store>(
                     evidence_score: review.evidence_score,
                     supply_evidence_url: ctx.config.url(&format!("/runs/{run_id}/evidence")),
                     created_at: now_rfc3339(),
+                    failed_stage: None,
+                    error: None,
+                    redrive_url: None,
                 };
                 payload.state = RunState::ExceptionOpen;
                 payload.link(

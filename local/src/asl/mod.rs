@@ -27,7 +27,7 @@
 //!   (each also as `…Path`), `StringMatches` (`*` wildcard), `IsPresent`, `IsNull`,
 //!   `IsString`, `IsNumeric`, `IsBoolean`. `Timestamp*` operators are not supported.
 //! * **Errors:** `Retry` (`ErrorEquals`, `IntervalSeconds`, `MaxAttempts`, `BackoffRate`,
-//!   `MaxDelaySeconds`) and `Catch` (`ErrorEquals`, `Next`, `ResultPath`) on Task states;
+//!   `MaxDelaySeconds`, `JitterStrategy`) and `Catch` (`ErrorEquals`, `Next`, `ResultPath`) on Task states;
 //!   `TimeoutSeconds` on tasks raises `States.Timeout`. `States.ALL` and the
 //!   `States.TaskFailed` wildcard (everything but `States.Timeout`) are understood.
 //!
@@ -170,13 +170,26 @@ struct Retrier {
     max_attempts: u32,
     backoff: f64,
     max_delay: Option<f64>,
+    /// `JitterStrategy: FULL`: each delay is drawn uniformly from [0, capped delay], as AWS does,
+    /// so runs failing together do not retry in lockstep.
+    full_jitter: bool,
 }
 
 impl Retrier {
-    /// Delay in seconds before retry number `attempt + 1`.
+    /// Delay in seconds before retry number `attempt + 1`, before jitter.
     fn delay(&self, attempt: u32) -> f64 {
         let d = self.interval * self.backoff.powi(attempt as i32);
         self.max_delay.map_or(d, |m| d.min(m))
+    }
+
+    /// The delay actually slept: [`Retrier::delay`], jittered when the retrier says so.
+    fn sleep_for(&self, attempt: u32) -> f64 {
+        let d = self.delay(attempt);
+        if self.full_jitter {
+            d * rand::random::<f64>()
+        } else {
+            d
+        }
     }
 }
 
@@ -326,8 +339,14 @@ fn parse_retrier(f: &Fields) -> Result<Retrier, AslError> {
         "MaxAttempts",
         "BackoffRate",
         "MaxDelaySeconds",
+        "JitterStrategy",
         "Comment",
     ])?;
+    let full_jitter = match f.opt_str("JitterStrategy")?.as_deref() {
+        None | Some("NONE") => false,
+        Some("FULL") => true,
+        Some(_) => return Err(f.err("JitterStrategy must be FULL or NONE")),
+    };
     let interval = f.opt_num("IntervalSeconds")?.unwrap_or(1.0);
     let max_attempts = f.opt_num("MaxAttempts")?.unwrap_or(3.0);
     let backoff = f.opt_num("BackoffRate")?.unwrap_or(2.0);
@@ -346,6 +365,7 @@ fn parse_retrier(f: &Fields) -> Result<Retrier, AslError> {
         max_attempts: max_attempts as u32,
         backoff,
         max_delay,
+        full_jitter,
     })
 }
 
@@ -579,6 +599,9 @@ pub struct ExecutionState {
     pub input: Value,
     pub status: ExecutionStatus,
     pub history: Vec<HistoryEvent>,
+    /// How often the execution was redriven.
+    #[serde(default)]
+    pub redrive_count: u32,
 }
 
 impl ExecutionState {
@@ -590,11 +613,28 @@ impl ExecutionState {
             input,
             status: ExecutionStatus::Running,
             history: vec![],
+            redrive_count: 0,
         }
     }
 
     pub fn is_finished(&self) -> bool {
         !matches!(self.status, ExecutionStatus::Running)
+    }
+
+    /// Step Functions' `RedriveExecution`: a failed execution runs again from the state that
+    /// failed, with that state's input (its retry counts start over); every state before it
+    /// keeps its result and does not run again. Returns false if the execution is not failed.
+    pub fn redrive(&mut self) -> bool {
+        if !matches!(self.status, ExecutionStatus::Failed { .. }) {
+            return false;
+        }
+        let Some(failed) = self.history.iter().rev().find(|e| e.output.is_none()) else {
+            return false;
+        };
+        (self.current, self.input) = (Some(failed.state.clone()), failed.input.clone());
+        self.status = ExecutionStatus::Running;
+        self.redrive_count += 1;
+        true
     }
 }
 
@@ -820,7 +860,7 @@ impl Engine {
                         .position(|r| matches_error(&r.errors, &f.error))
                     {
                         Some(i) if counts[i] < retry[i].max_attempts => {
-                            tokio::time::sleep(self.scaled(retry[i].delay(counts[i]))).await;
+                            tokio::time::sleep(self.scaled(retry[i].sleep_for(counts[i]))).await;
                             counts[i] += 1;
                             *retries += 1;
                         }

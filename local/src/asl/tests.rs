@@ -688,8 +688,18 @@ fn retrier_delay_backs_off_and_caps() {
         max_attempts: 3,
         backoff: 3.0,
         max_delay: Some(10.0),
+        full_jitter: false,
     };
     assert_eq!([r.delay(0), r.delay(1), r.delay(2)], [2.0, 6.0, 10.0]);
+    assert_eq!(r.sleep_for(2), 10.0);
+    // FULL jitter: uniform in [0, capped delay]; 200 draws are neither all equal nor out of range.
+    let j = Retrier {
+        full_jitter: true,
+        ..r
+    };
+    let draws: Vec<f64> = (0..200).map(|_| j.sleep_for(5)).collect();
+    assert!(draws.iter().all(|d| (0.0..=10.0).contains(d)));
+    assert!(draws.iter().any(|d| *d < 5.0) && draws.iter().any(|d| *d > 5.0));
     assert!(
         choice::wildcard("log-*.txt", "log-2024.txt")
             && !choice::wildcard("log-*.txt", "log-2024.txt.gz")
