@@ -253,6 +253,9 @@ pub fn missing_evidence(ent_id: &str, settlement_id: &str) -> Value {
 pub struct Receiver {
     pub secrets: Arc<Mutex<Vec<String>>>,
     pub verified: Arc<Mutex<Vec<Value>>>,
+    /// Every verified delivery as received: (webhook-id, webhook-timestamp, webhook-signature,
+    /// body), for checks by an independent Standard Webhooks implementation.
+    pub raw: Arc<Mutex<Vec<[String; 4]>>>,
     pub rejected: Arc<Mutex<u32>>,
     /// Answer 503 to this many deliveries first (to exercise retries).
     pub fail_first: Arc<Mutex<u32>>,
@@ -333,5 +336,11 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
     if let Ok(v) = serde_json::from_slice::<Value>(&body) {
         r.verified.lock().unwrap_or_else(|p| p.into_inner()).push(v);
     }
+    r.raw.lock().unwrap_or_else(|p| p.into_inner()).push([
+        h(webhook::HEADER_ID),
+        h(webhook::HEADER_TIMESTAMP),
+        h(webhook::HEADER_SIGNATURE),
+        String::from_utf8_lossy(&body).into_owned(),
+    ]);
     StatusCode::NO_CONTENT
 }

@@ -117,6 +117,9 @@ pub type LocalQueue = StoreQueue<DynamoStore>;
 /// A running local runtime; dropping `stop` (or calling [`Runtime::shutdown`]) stops its tasks.
 pub struct Runtime {
     pub ctx: LocalCtx,
+    pub data_dir: PathBuf,
+    /// Switches for the stage faults of [`Faults`] (tests).
+    pub orchestrator_faults: Faults,
     pub queue: LocalQueue,
     pub orchestrator: LocalOrchestrator,
     pub addr: SocketAddr,
@@ -280,6 +283,8 @@ impl Runtime {
         tracing::info!(%base_url, data_dir = %dir.display(), "tokenops local runtime ready");
         Ok(Runtime {
             ctx,
+            data_dir: dir.clone(),
+            orchestrator_faults: opts.faults.clone(),
             queue,
             orchestrator,
             addr,

@@ -161,7 +161,9 @@ async fn redrive<S: Store, O: Orchestrator>(
     name: String,
 ) -> Result<String, TaskError> {
     let rec = load(&ctx.store, run_id).await?;
-    if rec.payload.redrives != msg.redrive || rec.payload.state.is_terminal() {
+    if rec.payload.redrives != msg.redrive
+        || matches!(rec.payload.state, RunState::Failed | RunState::Cancelled)
+    {
         tracing::info!(run_id, state = rec.payload.state.as_str(), redrive = msg.redrive, "stale redrive message dropped");
         clear_pending(ctx, msg).await?;
         return Ok("dropped".into());

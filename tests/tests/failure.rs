@@ -1,0 +1,305 @@
+//! Every paid run ends (issue 14), on the embedded default:
+//! - a store outage longer than the old retry budget (1 + 2 + 4 s) strands no run: every run
+//!   accepted before it reaches `callback_delivered` once the store answers again, without a
+//!   restart, with one callback per run and exact balances;
+//! - a run whose execution fails for good is `failed`: exception ticket, hold released, a signed
+//!   `tokenops.run.failed` callback (checked with the Standard Webhooks reference library when
+//!   the venv has it), the ledger verifies; a redrive delivers it, captured once, and the stages
+//!   that succeeded before the failure do not run again.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokenops_local::runtime::{Options, Runtime};
+use tokenops_local::store_gate::StoreGate;
+use tokenops_tests::{funded_agent, temp_dir, wait_delivered};
+
+async fn runtime_with(tag: &str, f: impl FnOnce(&mut Options)) -> Runtime {
+    let mut opts = Options::new(temp_dir(tag), 0);
+    opts.callback_retry.base_delay_ms = 20;
+    f(&mut opts);
+    Runtime::start(opts).await.expect("local runtime starts")
+}
+
+fn ent_balances(v: &Value) -> (i64, i64, i64, i64) {
+    let b = &v["balances"];
+    (
+        b["funded"].as_i64().unwrap(),
+        b["available"].as_i64().unwrap(),
+        b["held"].as_i64().unwrap(),
+        b["captured"].as_i64().unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_outage_longer_than_the_old_retry_budget_strands_no_run() {
+    let gate = StoreGate::default();
+    let rt = runtime_with("outage", |o| {
+        o.store_gate = Some(gate.clone());
+        o.relay_interval = Duration::from_secs(1);
+    })
+    .await;
+    let f = funded_agent(&rt, "outage-agent", 10).await;
+    let mut runs = Vec::new();
+    for i in 0..4 {
+        let r = f
+            .agent
+            .call("POST", "/runs", Some(&f.full_run()), Some(&format!("outage-{i}")))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 202, "{}", r.body);
+        runs.push(r.body["run_id"].as_str().unwrap().to_string());
+    }
+    // The store goes away while the runs are in flight, for longer than the old budget (7 s).
+    let outage = Duration::from_secs(15);
+    gate.set_down(true);
+    let down_at = Instant::now();
+    let during = f
+        .agent
+        .call("POST", "/runs", Some(&f.full_run()), Some("during-outage"))
+        .await
+        .unwrap();
+    assert_eq!(during.status, 503, "{}", during.body);
+    assert_eq!(during.body["status"].as_u64().or(during.body["status_code"].as_u64()), Some(503));
+    tokio::time::sleep(outage.saturating_sub(down_at.elapsed())).await;
+    gate.set_down(false);
+    let back_at = Instant::now();
+    // Accepted during the outage? It was refused with 503; the agent retries with its key.
+    let retried = f
+        .agent
+        .call("POST", "/runs", Some(&f.full_run()), Some("during-outage"))
+        .await
+        .unwrap();
+    assert_eq!(retried.status, 202, "{}", retried.body);
+    runs.push(retried.body["run_id"].as_str().unwrap().to_string());
+    for run in &runs {
+        let p = f
+            .agent
+            .wait(&format!("/runs/{run}"), Duration::from_secs(240), |r| {
+                r["state"] == "callback_delivered" && r["attested"] == true
+            })
+            .await
+            .unwrap_or_else(|e| panic!("run {run} did not finish after the outage: {e}"));
+        assert_eq!(p["state"], "callback_delivered");
+    }
+    eprintln!(
+        "outage {} s: all {} runs delivered {:.1} s after the store came back",
+        outage.as_secs(),
+        runs.len(),
+        back_at.elapsed().as_secs_f64()
+    );
+    // One callback per run (by webhook-id), every one verified.
+    let raw = f.receiver.raw.lock().unwrap().clone();
+    for run in &runs {
+        let n = f.receiver.verified_for(run).len();
+        assert_eq!(n, 1, "run {run} got {n} callbacks");
+    }
+    let ids: std::collections::BTreeSet<&String> = raw.iter().map(|r| &r[0]).collect();
+    assert_eq!(ids.len(), raw.len(), "a webhook-id was delivered twice");
+    // Balances exact: price 1 per run.
+    let ent = f
+        .agent
+        .call("GET", &format!("/credit-entitlements/{}", f.ent_id()), None, None)
+        .await
+        .unwrap();
+    let (funded, available, held, captured) = ent_balances(&ent.body);
+    assert_eq!((funded, held), (10, 0), "{}", ent.body);
+    assert_eq!(captured, runs.len() as i64);
+    assert_eq!(available, funded - captured);
+    let v = f.agent.call("GET", "/ledger/verify", None, None).await.unwrap();
+    assert_eq!(v.body["valid"], true, "{}", v.body);
+    rt.shutdown().await;
+}
+
+/// The Standard Webhooks reference implementation (PyPI `standardwebhooks`) verifies a delivery.
+/// Skipped (with a line saying so) when `.venv` lacks it; `make test` installs it, and CI sets
+/// `TOKENOPS_REQUIRE_EMULATOR`, which makes the skip a failure.
+fn verify_with_standard_webhooks(secret: &str, d: &[String; 4]) {
+    let py = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    let have = py.exists()
+        && std::process::Command::new(&py)
+            .args(["-c", "import standardwebhooks"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !have {
+        assert!(
+            std::env::var("TOKENOPS_REQUIRE_EMULATOR").is_err(),
+            "make test installs standardwebhooks into .venv"
+        );
+        eprintln!("skipped: .venv has no standardwebhooks (make test installs it)");
+        return;
+    }
+    let script = r#"
+import json, sys
+from standardwebhooks.webhooks import Webhook
+a = json.loads(sys.stdin.read())
+payload = Webhook(a["secret"]).verify(a["body"], {"webhook-id": a["id"], "webhook-timestamp": a["ts"], "webhook-signature": a["sig"]})
+print(json.dumps(payload))
+"#;
+    let input = json!({"secret": secret, "id": d[0], "ts": d[1], "sig": d[2], "body": d[3]});
+    let mut child = std::process::Command::new(&py)
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "standardwebhooks refused the callback");
+    let verified: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(verified.to_string(), serde_json::from_str::<Value>(&d[3]).unwrap().to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_that_fails_for_good_is_failed_released_and_redriven_once() {
+    let rt = runtime_with("failed", |o| o.relay_interval = Duration::from_secs(1)).await;
+    let f = funded_agent(&rt, "failing-agent", 5).await;
+    // An error that cannot heal, in the fourth stage of the path.
+    rt.orchestrator_faults.fail_stage("settlement_receipt", "Internal");
+    let r = f
+        .agent
+        .call("POST", "/runs", Some(&f.full_run()), Some("fails"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 202, "{}", r.body);
+    let run = r.body["run_id"].as_str().unwrap().to_string();
+    let failed = f
+        .agent
+        .wait(&format!("/runs/{run}"), Duration::from_secs(60), |r| {
+            r["state"] == "failed" && r["failure"]["callback_status"] == "delivered"
+        })
+        .await
+        .expect("the run becomes failed and the agent is told");
+    assert_eq!(failed["next_action"], "redrive_run");
+    let failure = &failed["failure"];
+    assert_eq!(failure["stage"], "settlement_receipt");
+    assert_eq!(failure["failed_from"], "result_contracted");
+    assert_eq!(failure["hold_released"], true);
+    assert_eq!(failure["ledgered"], true);
+    assert_eq!(failed["attested"], false);
+    assert!(failed["objects"].get("attestation").is_none());
+    // The exception ticket names the stage and the error.
+    let ticket_id = failure["exception_id"].as_str().unwrap();
+    let ticket = f
+        .agent
+        .call("GET", &format!("/exceptions/{ticket_id}"), None, None)
+        .await
+        .unwrap();
+    assert_eq!(ticket.status, 200, "{}", ticket.body);
+    assert_eq!(ticket.body["exception_type"], "stage_failure");
+    assert_eq!(ticket.body["failed_stage"], "settlement_receipt");
+    assert!(ticket.body["error"].as_str().unwrap().starts_with("Internal"));
+    // The hold is released: nothing is held or captured for undelivered work.
+    let ent = f
+        .agent
+        .call("GET", &format!("/credit-entitlements/{}", f.ent_id()), None, None)
+        .await
+        .unwrap();
+    assert_eq!(ent_balances(&ent.body), (5, 5, 0, 0), "{}", ent.body);
+    // The signed run.failed callback, checked by the reference library too.
+    let raw = f.receiver.raw.lock().unwrap().clone();
+    let failed_cb: Vec<&[String; 4]> = raw
+        .iter()
+        .filter(|d| d[3].contains("tokenops.run.failed") && d[3].contains(&run))
+        .collect();
+    assert_eq!(failed_cb.len(), 1, "one run.failed callback");
+    verify_with_standard_webhooks(&f.agent.callback_secret, failed_cb[0]);
+    let body: Value = serde_json::from_str(&failed_cb[0][3]).unwrap();
+    assert_eq!(body["failure"]["stage"], "settlement_receipt");
+    // The ledger records the failure and the release, and verifies.
+    let ledger = f
+        .agent
+        .call("GET", &format!("/ledger?run_id={run}"), None, None)
+        .await
+        .unwrap();
+    let types: Vec<&str> = ledger.body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["entry_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["run_failed", "hold_release"], "{}", ledger.body);
+    let v = f.agent.call("GET", "/ledger/verify", None, None).await.unwrap();
+    assert_eq!(v.body["valid"], true, "{}", v.body);
+
+    // Redrive: only a failed run; the same key replays; the run is delivered, captured once.
+    rt.orchestrator_faults.heal_stage("settlement_receipt");
+    let path = format!("/runs/{run}/redrive");
+    let first = f.agent.call("POST", &path, None, Some("redrive-1")).await.unwrap();
+    assert_eq!(first.status, 202, "{}", first.body);
+    assert_eq!(first.body["state"], "result_contracted");
+    let again = f.agent.call("POST", &path, None, Some("redrive-1")).await.unwrap();
+    assert_eq!((again.status, &again.body), (202, &first.body));
+    let delivered = wait_delivered(&f.agent, &run).await;
+    assert_eq!(delivered["redrives"], 1);
+    assert!(delivered.get("failure").is_none());
+    let not_failed = f.agent.call("POST", &path, None, Some("redrive-2")).await.unwrap();
+    assert_eq!(not_failed.status, 409, "{}", not_failed.body);
+    let ent = f
+        .agent
+        .call("GET", &format!("/credit-entitlements/{}", f.ent_id()), None, None)
+        .await
+        .unwrap();
+    assert_eq!(ent_balances(&ent.body), (5, 4, 0, 1), "captured once: {}", ent.body);
+    // No second effect of a stage that had succeeded: the execution ran each state once,
+    // but for the one that failed (a failed try, then the redriven one).
+    let exec = rt.orchestrator.execution(&run).await.unwrap().unwrap();
+    let count = |s: &str| exec.history.iter().filter(|e| e.state == s).count();
+    assert_eq!((count("TokenopsExecution"), count("ResultContract")), (1, 1));
+    assert_eq!(count("SettlementReceipt"), 2);
+    assert_eq!(exec.redrive_count, 1);
+    let completed: Vec<Value> = f
+        .receiver
+        .verified_for(&run)
+        .into_iter()
+        .filter(|c| c["event_type"] == "tokenops.run.completed")
+        .collect();
+    assert_eq!(completed.len(), 1);
+    let v = f.agent.call("GET", "/ledger/verify", None, None).await.unwrap();
+    assert_eq!(v.body["valid"], true, "{}", v.body);
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_local_operator_redrives_any_run_and_others_cannot() {
+    let rt = runtime_with("operator", |_| {}).await;
+    let f = funded_agent(&rt, "op-agent", 3).await;
+    let other = funded_agent(&rt, "other-agent", 3).await;
+    rt.orchestrator_faults.fail_stage("attestation", "Internal");
+    let r = f
+        .agent
+        .call("POST", "/runs", Some(&f.full_run()), None)
+        .await
+        .unwrap();
+    let run = r.body["run_id"].as_str().unwrap().to_string();
+    let failed = f
+        .agent
+        .wait(&format!("/runs/{run}"), Duration::from_secs(60), |r| {
+            r["state"] == "failed"
+        })
+        .await
+        .unwrap();
+    // Failed after capture: nothing to release, the capture stands (the result was delivered).
+    assert_eq!(failed["failure"]["stage"], "attestation");
+    assert_eq!(failed["failure"]["hold_released"], false);
+    let foreign = other
+        .agent
+        .call("POST", &format!("/runs/{run}/redrive"), None, None)
+        .await
+        .unwrap();
+    assert_eq!(foreign.status, 404, "{}", foreign.body);
+    rt.orchestrator_faults.heal_stage("attestation");
+    let dir = rt.data_dir.clone();
+    let out = tokenops_local::runtime::operator_redrive(&dir, &rt.base_url, &run)
+        .await
+        .expect("the operator redrives");
+    assert!(out.contains("callback_delivered"), "{out}");
+    wait_delivered(&f.agent, &run).await;
+    rt.shutdown().await;
+}
