@@ -220,14 +220,25 @@ impl LocalOrchestrator {
         let active = orch.active.clone();
         tokio::spawn(async move {
             while let Some(name) = rx.recv().await {
-                if !active.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone()) {
+                if !active
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(name.clone())
+                {
                     continue; // a worker runs it already
                 }
-                let (tasks, engine, faults, active) =
-                    (tasks.clone(), engine.clone(), faults.clone(), active.clone());
+                let (tasks, engine, faults, active) = (
+                    tasks.clone(),
+                    engine.clone(),
+                    faults.clone(),
+                    active.clone(),
+                );
                 tokio::spawn(async move {
                     let outcome = run_execution(&tasks, &engine, &faults, &name).await;
-                    active.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
+                    active
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&name);
                     match outcome {
                         Ok(Some(failed)) => {
                             // What EventBridge does in AWS: the failure handler, at once.
@@ -258,7 +269,12 @@ impl LocalOrchestrator {
                 continue;
             }
             let name = item.key.sk.trim_start_matches("EXEC#").to_string();
-            if self.active.lock().unwrap_or_else(|p| p.into_inner()).contains(&name) {
+            if self
+                .active
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&name)
+            {
                 continue;
             }
             tracing::info!(execution = %name, "resuming execution");

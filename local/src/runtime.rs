@@ -36,13 +36,23 @@ pub enum OperatorError {
 }
 
 /// `tokenops redrive RUN`: `POST /runs/{run}/redrive` with the data dir's operator key.
-pub async fn operator_redrive(data_dir: &Path, api: &str, run_id: &str) -> Result<String, OperatorError> {
+pub async fn operator_redrive(
+    data_dir: &Path,
+    api: &str,
+    run_id: &str,
+) -> Result<String, OperatorError> {
     let key = std::fs::read_to_string(data_dir.join(OPERATOR_KEY_FILE))
         .map_err(|_| OperatorError::NoKey(data_dir.to_path_buf()))?;
     let resp = reqwest::Client::new()
-        .post(format!("{}/runs/{run_id}/redrive", api.trim_end_matches('/')))
+        .post(format!(
+            "{}/runs/{run_id}/redrive",
+            api.trim_end_matches('/')
+        ))
         .bearer_auth(key.trim())
-        .header("idempotency-key", format!("operator-redrive-{}", ulid::Ulid::new()))
+        .header(
+            "idempotency-key",
+            format!("operator-redrive-{}", ulid::Ulid::new()),
+        )
         .send()
         .await
         .map_err(|e| OperatorError::Unreachable(api.into(), e.to_string()))?;
@@ -165,12 +175,12 @@ impl Runtime {
         // Outage tests reach the engine through the gate; everything else talks to it directly.
         let store_endpoint = match &opts.store_gate {
             Some(gate) => {
-                let l = TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .map_err(|source| RuntimeError::Listen {
+                let l = TcpListener::bind("127.0.0.1:0").await.map_err(|source| {
+                    RuntimeError::Listen {
                         addr: "store gate".into(),
                         source,
-                    })?;
+                    }
+                })?;
                 let a = l.local_addr().map_err(|source| RuntimeError::Listen {
                     addr: "store gate".into(),
                     source,
@@ -220,12 +230,14 @@ impl Runtime {
         })?;
         let operator_key = String::from_utf8_lossy(&operator_key).trim().to_string();
         store
-            .transact(vec![tokenops::store::Write::put(tokenops::store::Item::new(
-                tokenops::api::access_key_item_key(&operator_key),
-                "access_key",
-                Some(queue::redrive::OPERATOR),
-                serde_json::json!({"role": "operator"}),
-            ))])
+            .transact(vec![tokenops::store::Write::put(
+                tokenops::store::Item::new(
+                    tokenops::api::access_key_item_key(&operator_key),
+                    "access_key",
+                    Some(queue::redrive::OPERATOR),
+                    serde_json::json!({"role": "operator"}),
+                ),
+            )])
             .await?;
         let config = Config {
             public_base_url: base_url.clone(),
@@ -267,7 +279,12 @@ impl Runtime {
             },
             stop_rx.clone(),
         );
-        spawn_queue_consumer(ctx.clone(), queue.clone(), orchestrator.clone(), stop_rx.clone());
+        spawn_queue_consumer(
+            ctx.clone(),
+            queue.clone(),
+            orchestrator.clone(),
+            stop_rx.clone(),
+        );
         spawn_relay(
             Relay {
                 ctx: ctx.clone(),

@@ -35,7 +35,12 @@ impl StoreGate {
     }
 
     /// Relays `listener` to `upstream` until `stop`.
-    pub fn spawn(&self, listener: TcpListener, upstream: SocketAddr, mut stop: watch::Receiver<bool>) {
+    pub fn spawn(
+        &self,
+        listener: TcpListener,
+        upstream: SocketAddr,
+        mut stop: watch::Receiver<bool>,
+    ) {
         let gate = self.down.clone();
         tokio::spawn(async move {
             loop {

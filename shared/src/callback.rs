@@ -163,7 +163,11 @@ pub async fn record_for<S: Store>(
     run: &FullLoopPayload,
     url: &str,
 ) -> Result<CallbackRecord, StoreError> {
-    match ctx.store.get(&Key::object(&callback_id(&run.run_id))).await? {
+    match ctx
+        .store
+        .get(&Key::object(&callback_id(&run.run_id)))
+        .await?
+    {
         Some(i) => i.decode(),
         None => new_record(ctx, run, url),
     }

@@ -244,7 +244,13 @@ pub const ROUTES: &[Route] = &[
         "supply_evidence",
     ),
     r("GET", "/queue", "queue", true, "queue_monitor"),
-    r("POST", "/runs/{run_id}/redrive", "queue", true, "redrive_run"),
+    r(
+        "POST",
+        "/runs/{run_id}/redrive",
+        "queue",
+        true,
+        "redrive_run",
+    ),
     r(
         "GET",
         "/exceptions/{exception_id}",

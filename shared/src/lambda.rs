@@ -228,7 +228,8 @@ impl StepFunctions {
     fn execution_arn(&self, name: &str) -> String {
         format!(
             "{}:{name}",
-            self.state_machine_arn.replacen(":stateMachine:", ":execution:", 1)
+            self.state_machine_arn
+                .replacen(":stateMachine:", ":execution:", 1)
         )
     }
 }
@@ -265,7 +266,9 @@ impl StepFunctions {
 /// ABORTED execution → what the failure handler needs. The event carries the execution's error
 /// and cause (`detail.error`, `detail.cause`); a timeout or abort has none, so its status names it.
 pub fn failed_execution(ev: &Value) -> Option<crate::model::FailedExecution> {
-    if ev.get("detail-type").and_then(Value::as_str) != Some("Step Functions Execution Status Change") {
+    if ev.get("detail-type").and_then(Value::as_str)
+        != Some("Step Functions Execution Status Change")
+    {
         return None;
     }
     let d = ev.get("detail")?;

@@ -212,7 +212,13 @@ pub fn release_failed(
 
 /// Takes a released hold again for the `n`-th redrive of a failed run; fails its condition when
 /// fewer than `credits` are available (the credits went elsewhere meanwhile).
-pub fn rehold(ent: &str, owner: &str, run_id: &str, n: u32, credits: i64) -> (Transfer, Vec<Write>) {
+pub fn rehold(
+    ent: &str,
+    owner: &str,
+    run_id: &str,
+    n: u32,
+    credits: i64,
+) -> (Transfer, Vec<Write>) {
     let t = transfer(
         "hold",
         &format!("{run_id}_r{n}"),

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use crate::error::StoreError;
 use crate::model::{ProviderConfirmation, ProviderRoute};
-use crate::store::{Item, Key, Write};
 use crate::ports::SettlementProvider;
 use crate::proof::webhook;
+use crate::store::{Item, Key, Write};
 
 pub const TEST_PROVIDER: &str = "test_provider";
 pub const PROVIDERS: &[&str] = &[TEST_PROVIDER];

@@ -192,7 +192,12 @@ mod tests {
         assert_eq!(Failed.check(Failed), Transition::AlreadyDone);
         assert_eq!(Cancelled.check(Failed), Transition::Refused);
         assert_eq!(ExceptionOpen.check(Failed), Transition::Refused);
-        for to in [ResultContracted, UsageCaptured, CallbackDelivered, Cancelled] {
+        for to in [
+            ResultContracted,
+            UsageCaptured,
+            CallbackDelivered,
+            Cancelled,
+        ] {
             assert_eq!(Failed.check(to), Transition::Refused, "{to:?}");
         }
         assert_eq!(Failed.next_action(false), "redrive_run");

@@ -72,8 +72,6 @@ struct Case {
 #[derive(Clone, Debug)]
 struct MotoDiffers {
     path: &'static [&'static str],
-    /// The `Error` moto's catcher wrote at `$.error`.
-    caught_error: &'static str,
     outcome_error: &'static str,
     why: &'static str,
 }
@@ -106,24 +104,20 @@ fn cases() -> Vec<Case> {
             moto_differs: None,
         },
         Case {
-            // Not in the Retry list: straight to the States.ALL catcher, then the Fail state.
-            name: "catch",
+            // Not in the Retry list and not caught: the execution fails at the task that raised
+            // it, with its error (the failure handler and a redrive start from there).
+            name: "uncaught",
             evidence: "complete",
             fail: &[("result_contract", "ContractViolation", 1)],
             malformed: None,
-            path: &[
-                "TokenopsExecution",
-                "EvidenceDecision",
-                "ResultContract",
-                "StageFailed",
-            ],
-            error: Some("StageFailed"),
+            path: &["TokenopsExecution", "EvidenceDecision", "ResultContract"],
+            error: Some("ContractViolation"),
             attempts: &[("result_contract", 1)],
             moto_differs: None,
         },
         Case {
-            // Retryable but never recovers: 1 + MaxAttempts (3) attempts (waits 1 + 2 + 4 s),
-            // then the catcher.
+            // Retryable but never recovers: 1 + MaxAttempts (3 in the test budget) attempts,
+            // then the execution fails with the task's error.
             name: "retries-exhausted",
             evidence: "complete",
             fail: &[("settlement_receipt", "StoreUnavailable", 100)],
@@ -133,15 +127,14 @@ fn cases() -> Vec<Case> {
                 "EvidenceDecision",
                 "ResultContract",
                 "SettlementReceipt",
-                "StageFailed",
             ],
-            error: Some("StageFailed"),
+            error: Some("StoreUnavailable"),
             attempts: &[("settlement_receipt", 4)],
             moto_differs: None,
         },
         Case {
             // The first catcher that matches wins: CallbackDeliveryFailed goes on to Ledger with
-            // `$.callback_error`, not to StageFailed.
+            // `$.callback_error`.
             name: "catch-continue",
             evidence: "complete",
             fail: &[("callback", "CallbackDeliveryFailed", 1)],
@@ -152,7 +145,7 @@ fn cases() -> Vec<Case> {
             moto_differs: None,
         },
         Case {
-            // Retried, then an error the retrier does not match: the catcher sees the last error.
+            // Retried, then an error the retrier does not match: its catcher sees the last error.
             name: "retry-then-catch",
             evidence: "complete",
             fail: &[
@@ -178,10 +171,10 @@ fn cases() -> Vec<Case> {
         },
         Case {
             // A task result without the fields the ResultSelector selects: `States.Runtime`,
-            // which fails the execution even though the state has a States.ALL catcher (AWS Step
-            // Functions developer guide, "Handling errors in Step Functions workflows": States.ALL
-            // cannot catch States.DataLimitExceeded or States.Runtime). moto raises a plain
-            // `Exception` error instead, and its catcher sends the run to StageFailed.
+            // which fails the execution and is never retried (AWS Step Functions developer
+            // guide, "Handling errors in Step Functions workflows": not even States.ALL catches
+            // States.DataLimitExceeded or States.Runtime). moto fails the execution with a plain
+            // `Exception` error instead.
             name: "runtime-error",
             evidence: "complete",
             fail: &[],
@@ -190,11 +183,10 @@ fn cases() -> Vec<Case> {
             error: Some("States.Runtime"),
             attempts: &[("tokenops_execution", 1)],
             moto_differs: Some(MotoDiffers {
-                path: &["TokenopsExecution", "StageFailed"],
-                caught_error: "Exception",
-                outcome_error: "StageFailed",
+                path: &["TokenopsExecution"],
+                outcome_error: "Exception",
                 why: "moto 5.2.5 reports a ResultSelector path miss as a catchable `Exception`; \
-                      AWS raises States.Runtime, which States.ALL does not catch",
+                      AWS raises States.Runtime",
             }),
         },
     ]
@@ -454,7 +446,8 @@ async fn local_engine_and_moto_run_the_state_machine_alike() {
         assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
         substitutions.insert(placeholder, function_arn(&name));
     }
-    let mut definition = ASL.to_string();
+    let asl = test_budget(ASL);
+    let mut definition = asl.clone();
     for (placeholder, arn) in &substitutions {
         definition = definition.replace(&format!("${{{placeholder}}}"), arn);
     }
@@ -485,7 +478,7 @@ async fn local_engine_and_moto_run_the_state_machine_alike() {
         );
         moto.spawn(async move { (case.name, run_moto(sfn, sm, run_id, case).await) });
     }
-    let def = Definition::parse(ASL, &local_substitutions()).expect("the ASL parses");
+    let def = Definition::parse(&asl, &local_substitutions()).expect("the ASL parses");
     let mut local = BTreeMap::new();
     for (run_id, case) in run_ids.iter().zip(&cases) {
         local.insert(case.name, run_local(&def, &script, run_id, case).await);
@@ -509,8 +502,6 @@ async fn local_engine_and_moto_run_the_state_machine_alike() {
             );
             assert_eq!(m.path(), d.path, "{}: moto's (known) path", case.name);
             assert_eq!(l.entered[0], m.entered[0], "{}: same start", case.name);
-            let caught = &m.entered.last().unwrap().1["error"]["Error"];
-            assert_eq!(caught, d.caught_error, "{}: moto's caught error", case.name);
             assert!(
                 matches!(&m.outcome, Outcome::Failed { error, .. } if error == d.outcome_error),
                 "{}: moto's outcome {:?}",
@@ -599,6 +590,25 @@ async fn local_engine_and_moto_run_the_state_machine_alike() {
         cases.iter().filter(|c| c.moto_differs.is_some()).count(),
         t0.elapsed().as_secs_f64()
     );
+}
+
+/// The deployed retriers wait minutes (15 retries, delays up to 60 s: `tokenops::backoff`); the
+/// test runs the same definition with a budget of 3 retries of at most 1 s each, so attempt counts
+/// are the same on both engines and a case takes seconds. Everything else is the file as deployed.
+fn test_budget(asl: &str) -> String {
+    let mut def: Value = serde_json::from_str(asl).expect("the ASL is JSON");
+    let mut shortened = 0;
+    for st in def["States"].as_object_mut().unwrap().values_mut() {
+        for r in st["Retry"].as_array_mut().into_iter().flatten() {
+            if r.get("MaxDelaySeconds").is_some() {
+                r["MaxAttempts"] = json!(3);
+                r["MaxDelaySeconds"] = json!(1);
+                shortened += 1;
+            }
+        }
+    }
+    assert!(shortened >= 7, "every task's transient retrier is capped");
+    def.to_string()
 }
 
 /// The task a Task state runs (its resource), None for other states.

@@ -44,7 +44,12 @@ async fn a_store_outage_longer_than_the_old_retry_budget_strands_no_run() {
     for i in 0..4 {
         let r = f
             .agent
-            .call("POST", "/runs", Some(&f.full_run()), Some(&format!("outage-{i}")))
+            .call(
+                "POST",
+                "/runs",
+                Some(&f.full_run()),
+                Some(&format!("outage-{i}")),
+            )
             .await
             .unwrap();
         assert_eq!(r.status, 202, "{}", r.body);
@@ -60,7 +65,12 @@ async fn a_store_outage_longer_than_the_old_retry_budget_strands_no_run() {
         .await
         .unwrap();
     assert_eq!(during.status, 503, "{}", during.body);
-    assert_eq!(during.body["status"].as_u64().or(during.body["status_code"].as_u64()), Some(503));
+    assert_eq!(
+        during.body["status"]
+            .as_u64()
+            .or(during.body["status_code"].as_u64()),
+        Some(503)
+    );
     tokio::time::sleep(outage.saturating_sub(down_at.elapsed())).await;
     gate.set_down(false);
     let back_at = Instant::now();
@@ -99,14 +109,23 @@ async fn a_store_outage_longer_than_the_old_retry_budget_strands_no_run() {
     // Balances exact: price 1 per run.
     let ent = f
         .agent
-        .call("GET", &format!("/credit-entitlements/{}", f.ent_id()), None, None)
+        .call(
+            "GET",
+            &format!("/credit-entitlements/{}", f.ent_id()),
+            None,
+            None,
+        )
         .await
         .unwrap();
     let (funded, available, held, captured) = ent_balances(&ent.body);
     assert_eq!((funded, held), (10, 0), "{}", ent.body);
     assert_eq!(captured, runs.len() as i64);
     assert_eq!(available, funded - captured);
-    let v = f.agent.call("GET", "/ledger/verify", None, None).await.unwrap();
+    let v = f
+        .agent
+        .call("GET", "/ledger/verify", None, None)
+        .await
+        .unwrap();
     assert_eq!(v.body["valid"], true, "{}", v.body);
     rt.shutdown().await;
 }
@@ -151,9 +170,15 @@ print(json.dumps(payload))
         .write_all(input.to_string().as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "standardwebhooks refused the callback");
+    assert!(
+        out.status.success(),
+        "standardwebhooks refused the callback"
+    );
     let verified: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(verified.to_string(), serde_json::from_str::<Value>(&d[3]).unwrap().to_string());
+    assert_eq!(
+        verified.to_string(),
+        serde_json::from_str::<Value>(&d[3]).unwrap().to_string()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -161,7 +186,8 @@ async fn a_run_that_fails_for_good_is_failed_released_and_redriven_once() {
     let rt = runtime_with("failed", |o| o.relay_interval = Duration::from_secs(1)).await;
     let f = funded_agent(&rt, "failing-agent", 5).await;
     // An error that cannot heal, in the fourth stage of the path.
-    rt.orchestrator_faults.fail_stage("settlement_receipt", "Internal");
+    rt.orchestrator_faults
+        .fail_stage("settlement_receipt", "Internal");
     let r = f
         .agent
         .call("POST", "/runs", Some(&f.full_run()), Some("fails"))
@@ -194,11 +220,19 @@ async fn a_run_that_fails_for_good_is_failed_released_and_redriven_once() {
     assert_eq!(ticket.status, 200, "{}", ticket.body);
     assert_eq!(ticket.body["exception_type"], "stage_failure");
     assert_eq!(ticket.body["failed_stage"], "settlement_receipt");
-    assert!(ticket.body["error"].as_str().unwrap().starts_with("Internal"));
+    assert!(ticket.body["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("Internal"));
     // The hold is released: nothing is held or captured for undelivered work.
     let ent = f
         .agent
-        .call("GET", &format!("/credit-entitlements/{}", f.ent_id()), None, None)
+        .call(
+            "GET",
+            &format!("/credit-entitlements/{}", f.ent_id()),
+            None,
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(ent_balances(&ent.body), (5, 5, 0, 0), "{}", ent.body);
@@ -225,33 +259,62 @@ async fn a_run_that_fails_for_good_is_failed_released_and_redriven_once() {
         .map(|e| e["entry_type"].as_str().unwrap())
         .collect();
     assert_eq!(types, ["run_failed", "hold_release"], "{}", ledger.body);
-    let v = f.agent.call("GET", "/ledger/verify", None, None).await.unwrap();
+    let v = f
+        .agent
+        .call("GET", "/ledger/verify", None, None)
+        .await
+        .unwrap();
     assert_eq!(v.body["valid"], true, "{}", v.body);
 
     // Redrive: only a failed run; the same key replays; the run is delivered, captured once.
     rt.orchestrator_faults.heal_stage("settlement_receipt");
     let path = format!("/runs/{run}/redrive");
-    let first = f.agent.call("POST", &path, None, Some("redrive-1")).await.unwrap();
+    let first = f
+        .agent
+        .call("POST", &path, None, Some("redrive-1"))
+        .await
+        .unwrap();
     assert_eq!(first.status, 202, "{}", first.body);
     assert_eq!(first.body["state"], "result_contracted");
-    let again = f.agent.call("POST", &path, None, Some("redrive-1")).await.unwrap();
+    let again = f
+        .agent
+        .call("POST", &path, None, Some("redrive-1"))
+        .await
+        .unwrap();
     assert_eq!((again.status, &again.body), (202, &first.body));
     let delivered = wait_delivered(&f.agent, &run).await;
     assert_eq!(delivered["redrives"], 1);
     assert!(delivered.get("failure").is_none());
-    let not_failed = f.agent.call("POST", &path, None, Some("redrive-2")).await.unwrap();
+    let not_failed = f
+        .agent
+        .call("POST", &path, None, Some("redrive-2"))
+        .await
+        .unwrap();
     assert_eq!(not_failed.status, 409, "{}", not_failed.body);
     let ent = f
         .agent
-        .call("GET", &format!("/credit-entitlements/{}", f.ent_id()), None, None)
+        .call(
+            "GET",
+            &format!("/credit-entitlements/{}", f.ent_id()),
+            None,
+            None,
+        )
         .await
         .unwrap();
-    assert_eq!(ent_balances(&ent.body), (5, 4, 0, 1), "captured once: {}", ent.body);
+    assert_eq!(
+        ent_balances(&ent.body),
+        (5, 4, 0, 1),
+        "captured once: {}",
+        ent.body
+    );
     // No second effect of a stage that had succeeded: the execution ran each state once,
     // but for the one that failed (a failed try, then the redriven one).
     let exec = rt.orchestrator.execution(&run).await.unwrap().unwrap();
     let count = |s: &str| exec.history.iter().filter(|e| e.state == s).count();
-    assert_eq!((count("TokenopsExecution"), count("ResultContract")), (1, 1));
+    assert_eq!(
+        (count("TokenopsExecution"), count("ResultContract")),
+        (1, 1)
+    );
     assert_eq!(count("SettlementReceipt"), 2);
     assert_eq!(exec.redrive_count, 1);
     let completed: Vec<Value> = f
@@ -261,7 +324,11 @@ async fn a_run_that_fails_for_good_is_failed_released_and_redriven_once() {
         .filter(|c| c["event_type"] == "tokenops.run.completed")
         .collect();
     assert_eq!(completed.len(), 1);
-    let v = f.agent.call("GET", "/ledger/verify", None, None).await.unwrap();
+    let v = f
+        .agent
+        .call("GET", "/ledger/verify", None, None)
+        .await
+        .unwrap();
     assert_eq!(v.body["valid"], true, "{}", v.body);
     rt.shutdown().await;
 }

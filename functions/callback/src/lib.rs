@@ -50,7 +50,16 @@ pub async fn run_task<S: Store, C: CallbackSender>(
         }
         Transition::Go => {}
         // Delivered already (or refused): `advance` answers without an effect.
-        _ => return advance(&ctx.store, &run_id, STAGE, RunState::CallbackDelivered, no_step).await,
+        _ => {
+            return advance(
+                &ctx.store,
+                &run_id,
+                STAGE,
+                RunState::CallbackDelivered,
+                no_step,
+            )
+            .await
+        }
     }
     // Deliver first, outside the run's optimistic lock: a lost lock must not mean a second POST.
     // The callback record is written before and after every attempt (see `deliver`).

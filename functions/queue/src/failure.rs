@@ -248,20 +248,19 @@ async fn finish<S: Store, C: CallbackSender>(
                 CallbackFailure {
                     stage: failure.stage.clone(),
                     error: failure.error.clone(),
-                    exception_url: ctx.config.url(&format!("/exceptions/{}", failure.exception_id)),
+                    exception_url: ctx
+                        .config
+                        .url(&format!("/exceptions/{}", failure.exception_id)),
                     hold_released: failure.hold_released,
                     redrive_url: ctx.config.url(&format!("/runs/{run_id}/redrive")),
                 },
                 n,
             )?;
-            let mut record: CallbackRecord = match ctx
-                .store
-                .get(&Key::object(&fresh.callback_id))
-                .await?
-            {
-                Some(i) => i.decode()?,
-                None => fresh,
-            };
+            let mut record: CallbackRecord =
+                match ctx.store.get(&Key::object(&fresh.callback_id)).await? {
+                    Some(i) => i.decode()?,
+                    None => fresh,
+                };
             let secret = agent_secret(&ctx.store, &agent).await?;
             deliver(ctx, sender, &mut record, &secret, &agent).await?;
             mark_notified(ctx, run_id, &record).await?;

@@ -164,13 +164,20 @@ async fn redrive<S: Store, O: Orchestrator>(
     if rec.payload.redrives != msg.redrive
         || matches!(rec.payload.state, RunState::Failed | RunState::Cancelled)
     {
-        tracing::info!(run_id, state = rec.payload.state.as_str(), redrive = msg.redrive, "stale redrive message dropped");
+        tracing::info!(
+            run_id,
+            state = rec.payload.state.as_str(),
+            redrive = msg.redrive,
+            "stale redrive message dropped"
+        );
         clear_pending(ctx, msg).await?;
         return Ok("dropped".into());
     }
     match orch.redrive(&name).await? {
         Redriven::Yes => tracing::info!(run_id, execution = %name, "execution redriven"),
-        Redriven::NotFailed => tracing::info!(run_id, execution = %name, "execution not failed; redrive was a duplicate"),
+        Redriven::NotFailed => {
+            tracing::info!(run_id, execution = %name, "execution not failed; redrive was a duplicate")
+        }
         Redriven::NotFound => {
             orch.start(&name, json!({ "run_id": run_id })).await?;
         }

@@ -43,15 +43,10 @@ async fn main() -> Result<(), Error> {
         if let Some(run_id) = ev.get("tokenops_redrive").and_then(Value::as_str) {
             let run_id = tokenops::ids::parse_id("run", run_id, "tokenops_redrive")
                 .map_err(|e| tokenops::error::TaskError::BadInput(e.detail))?;
-            let resp = queue::redrive::redrive_run(
-                ctx,
-                monitor,
-                &run_id,
-                queue::redrive::OPERATOR,
-                None,
-            )
-            .await
-            .unwrap_or_else(|e| tokenops::http::ApiResponse::problem(&e));
+            let resp =
+                queue::redrive::redrive_run(ctx, monitor, &run_id, queue::redrive::OPERATOR, None)
+                    .await
+                    .unwrap_or_else(|e| tokenops::http::ApiResponse::problem(&e));
             return Ok(json!({"status": resp.status, "body": resp.json_body()}));
         }
         if lambda::is_scheduled(&ev) {

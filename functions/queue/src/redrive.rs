@@ -32,8 +32,7 @@ pub async fn redrive_run<S: Store, Q: RunQueue>(
         Some(r) if caller == OPERATOR || r.payload.agent_id == caller => r,
         _ => return Err(ApiError::not_found("run_id", run_id)),
     };
-    let (Some(failure), RunState::Failed) = (rec.payload.failure.clone(), rec.payload.state)
-    else {
+    let (Some(failure), RunState::Failed) = (rec.payload.failure.clone(), rec.payload.state) else {
         return Err(ApiError::conflict(
             "invalid-transition",
             "state",

@@ -72,7 +72,9 @@ fn bump(item: &Item) -> Write {
 }
 
 fn due(item: &Item, after_ms: i64) -> bool {
-    let last = item.get_num("queued_at_ms").max(item.get_num("relayed_at_ms"));
+    let last = item
+        .get_num("queued_at_ms")
+        .max(item.get_num("relayed_at_ms"));
     now_ms() - last >= after_ms
 }
 

@@ -790,3 +790,56 @@ fn step_future_is_send() {
     let mut ex = ExecutionState::start(&def, "e", json!({}));
     assert_send(Engine::new().step(&def, &mut ex, &d));
 }
+
+/// One rule for transient faults: the deployed ASL's `StoreUnavailable` retriers say exactly what
+/// `tokenops::backoff::Backoff::TRANSIENT` (the checkpoint loop, record writes, the relay) says.
+#[test]
+fn the_deployed_transient_retriers_are_the_backoff_rule() {
+    let b = tokenops::backoff::Backoff::TRANSIENT;
+    let def: Value = serde_json::from_str(crate::orchestrator::ASL).unwrap();
+    let mut tasks = 0;
+    for (name, st) in def["States"].as_object().unwrap() {
+        if st["Type"] != "Task" {
+            continue;
+        }
+        tasks += 1;
+        let r = st["Retry"]
+            .as_array()
+            .and_then(|rs| {
+                rs.iter().find(|r| {
+                    r["ErrorEquals"]
+                        .as_array()
+                        .is_some_and(|e| e.contains(&json!("StoreUnavailable")))
+                })
+            })
+            .unwrap_or_else(|| panic!("{name} retries StoreUnavailable"));
+        assert_eq!(
+            r["IntervalSeconds"].as_f64(),
+            Some(b.initial_secs),
+            "{name}"
+        );
+        assert_eq!(r["BackoffRate"].as_f64(), Some(b.factor), "{name}");
+        assert_eq!(r["MaxDelaySeconds"].as_f64(), Some(b.cap_secs), "{name}");
+        assert_eq!(r["MaxAttempts"].as_u64(), Some(b.retries as u64), "{name}");
+        assert_eq!(r["JitterStrategy"], json!("FULL"), "{name}");
+        // Errors that cannot heal are not caught into a Fail state: the execution fails at
+        // the task, so the failure handler names it and a redrive restarts there.
+        for c in st["Catch"].as_array().into_iter().flatten() {
+            assert_ne!(c["ErrorEquals"], json!(["States.ALL"]), "{name}");
+        }
+    }
+    assert_eq!(tasks, 7);
+    let parsed = Definition::parse(
+        crate::orchestrator::ASL,
+        &crate::orchestrator::local_substitutions(),
+    );
+    assert!(parsed.is_ok(), "{:?}", parsed.err());
+}
+
+#[test]
+fn jitter_strategy_is_parsed_and_checked() {
+    let bad = json!({"StartAt": "A", "States": {"A": {"Type": "Task", "Resource": "r", "End": true,
+        "Retry": [{"ErrorEquals": ["X"], "JitterStrategy": "SOME"}]}}});
+    let err = Definition::parse(&bad.to_string(), &BTreeMap::new()).unwrap_err();
+    assert!(err.to_string().contains("JitterStrategy"), "{err}");
+}
