@@ -599,7 +599,8 @@ fn test_budget(asl: &str) -> String {
     let mut def: Value = serde_json::from_str(asl).expect("the ASL is JSON");
     let mut shortened = 0;
     for st in def["States"].as_object_mut().unwrap().values_mut() {
-        for r in st["Retry"].as_array_mut().into_iter().flatten() {
+        let retriers = st.get_mut("Retry").and_then(Value::as_array_mut);
+        for r in retriers.into_iter().flatten() {
             if r.get("MaxDelaySeconds").is_some() {
                 r["MaxAttempts"] = json!(3);
                 r["MaxDelaySeconds"] = json!(1);
