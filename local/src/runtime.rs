@@ -81,6 +81,8 @@ pub enum RuntimeError {
     },
     #[error("store: {0}")]
     Store(#[from] tokenops::error::StoreError),
+    #[error("callback HTTP client: {0}")]
+    CallbackClient(#[source] reqwest::Error),
 }
 
 #[derive(Clone)]
@@ -253,7 +255,8 @@ impl Runtime {
             transient: opts.transient,
         };
         let ctx = Ctx::new(store.clone(), config);
-        let sender = HttpSender::new(Duration::from_secs(10));
+        let sender =
+            HttpSender::new(Duration::from_secs(10)).map_err(RuntimeError::CallbackClient)?;
         let queue = StoreQueue::new(
             store.clone(),
             QUEUE,

@@ -213,7 +213,7 @@ async fn attempt<S, C: CallbackSender>(
         "callback_url",
     )
     .map_err(|e| e.detail)?;
-    rules::resolve_allowed(&url, ctx.config.allow_loopback_callbacks).await?;
+    let pinned = rules::resolve_allowed(&url, ctx.config.allow_loopback_callbacks).await?;
     let ts = now().unix_timestamp();
     let sig = webhook::sign(secret, &record.webhook_id, ts, body).map_err(|e| e.to_string())?;
     let headers = vec![
@@ -222,7 +222,9 @@ async fn attempt<S, C: CallbackSender>(
         (webhook::HEADER_TIMESTAMP.to_string(), ts.to_string()),
         (webhook::HEADER_SIGNATURE.to_string(), sig),
     ];
-    sender.post(url.as_str(), headers, body.to_vec()).await
+    sender
+        .post(url.as_str(), &pinned, headers, body.to_vec())
+        .await
 }
 
 pub fn new_record<S>(

@@ -76,7 +76,8 @@ async fn every_function_handles_its_event_fixture() {
     let app = tokenops_local::server::App {
         ctx: rt.ctx.clone(),
         queue: rt.queue.clone(),
-        sender: tokenops::ports::HttpSender::new(Duration::from_secs(5)),
+        sender: tokenops::ports::HttpSender::new(Duration::from_secs(5))
+            .expect("callback HTTP client"),
         provider: tokenops::provider::TestProvider::new(
             &rt.base_url,
             "whsec_dGVzdA==",
@@ -154,7 +155,8 @@ async fn every_function_handles_its_event_fixture() {
 
     // Step Functions tasks: a redelivered task is a no-op returning the object it made.
     let ctx = &rt.ctx;
-    let sender = tokenops::ports::HttpSender::new(Duration::from_secs(5));
+    let sender =
+        tokenops::ports::HttpSender::new(Duration::from_secs(5)).expect("callback HTTP client");
     let before = tokenops_local::agent::Agent::ok(
         &f.agent,
         "GET",

@@ -8,7 +8,7 @@ use tokenops::{lambda, ports::HttpSender};
 async fn main() -> Result<(), Error> {
     lambda::init_logging();
     let ctx = &lambda::ctx_from_env().await?;
-    let sender = &HttpSender::new(std::time::Duration::from_secs(10));
+    let sender = &HttpSender::new(std::time::Duration::from_secs(10))?;
     run(service_fn(move |ev: LambdaEvent<Value>| async move {
         if lambda::is_apigw_v2(&ev.payload) {
             return Ok(lambda::response_to_apigw_v2(
