@@ -14,7 +14,7 @@ async fn main() -> Result<(), Error> {
     let ctx = &lambda::ctx_from_env().await?;
     let orch = &StepFunctions::from_env().await?;
     let monitor = &lambda::sqs_queue_from_env().await?;
-    let sender = &HttpSender::new(std::time::Duration::from_secs(10));
+    let sender = &HttpSender::new(std::time::Duration::from_secs(10))?;
     let secret = ctx
         .config
         .provider_secrets
