@@ -19,10 +19,13 @@ fn read_json(path: &str) -> Result<Value, VerifyError> {
         .map_err(|e| VerifyError::Read(path.into(), format!("not JSON: {e}")))
 }
 
-/// Accepts an attestation object (`{"envelope": …}`) or a bare DSSE envelope; keys as served by
-/// `GET /keys` (`{"keys": […]}`) or a list.
+/// Accepts an attestation object (`{"envelope": …, "statement": …}`) or a bare DSSE envelope;
+/// keys as served by `GET /keys` (`{"keys": […]}`) or a list. The signature covers the envelope's
+/// payload only, so the plain `statement` copy served beside it (which agents read) must equal
+/// the decoded payload, or the attestation is rejected.
 pub fn attestation(att_path: &str, keys_path: &str) -> Result<dsse::Statement, VerifyError> {
     let att = read_json(att_path)?;
+    let copy = att.get("envelope").and(att.get("statement")).cloned();
     let env: dsse::Envelope =
         serde_json::from_value(att.get("envelope").cloned().unwrap_or(att))
             .map_err(|e| VerifyError::Invalid(format!("not a DSSE envelope: {e}")))?;
@@ -30,8 +33,29 @@ pub fn attestation(att_path: &str, keys_path: &str) -> Result<dsse::Statement, V
     let keys: Vec<dsse::PublicKeyInfo> =
         serde_json::from_value(keys.get("keys").cloned().unwrap_or(keys))
             .map_err(|e| VerifyError::Invalid(format!("not a key list: {e}")))?;
-    dsse::verify_envelope(&env, &keys)
-        .map_err(|e| VerifyError::Invalid(format!("attestation rejected: {e}")))
+    let statement = dsse::verify_envelope(&env, &keys)
+        .map_err(|e| VerifyError::Invalid(format!("attestation rejected: {e}")))?;
+    if let Some(copy) = copy {
+        check_statement_copy(&env, &copy)?;
+    }
+    Ok(statement)
+}
+
+/// The plain copy equals the signed payload as JSON (member order and spacing aside).
+fn check_statement_copy(env: &dsse::Envelope, copy: &Value) -> Result<(), VerifyError> {
+    use base64::Engine as _;
+    let signed: Option<Value> = base64::engine::general_purpose::STANDARD
+        .decode(&env.payload)
+        .ok()
+        .and_then(|p| serde_json::from_slice(&p).ok());
+    if signed.as_ref() == Some(copy) {
+        Ok(())
+    } else {
+        Err(VerifyError::Invalid(
+            "attestation rejected: the plain statement differs from the signed envelope payload"
+                .into(),
+        ))
+    }
 }
 
 /// Accepts a ledger export (`{"entries": […]}`) or a list of entries.

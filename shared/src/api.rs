@@ -34,20 +34,26 @@ pub fn access_key_item_key(access_key: &str) -> Key {
     Key::new(format!("KEY#{}", sha256_hex(access_key.as_bytes())), "KEY")
 }
 
-/// `Authorization: Bearer <access key>` → the agent; keys are looked up by hash only.
+/// `Authorization: Bearer <access key>` → the agent; keys are looked up by hash only. The scheme
+/// is case-insensitive (RFC 9110 §11.1); every 401 carries the `WWW-Authenticate` challenge,
+/// with `error="invalid_token"` once a bearer key was presented (RFC 6750 §3).
 pub async fn authenticate<S: Store>(store: &S, req: &ApiRequest) -> Result<Caller, ApiError> {
     let raw = req
         .header("authorization")
         .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <access key>"))?;
     let key = raw
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-        .filter(|k| !k.is_empty() && k.len() <= 200)
+        .trim_start()
+        .split_once([' ', '\t'])
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, k)| k.trim())
         .ok_or_else(|| ApiError::unauthorized("Authorization must be 'Bearer <access key>'"))?;
+    if key.is_empty() || key.len() > 200 {
+        return Err(ApiError::invalid_token("malformed access key"));
+    }
     let item = store
         .get(&access_key_item_key(key))
         .await?
-        .ok_or_else(|| ApiError::unauthorized("unknown access key"))?;
+        .ok_or_else(|| ApiError::invalid_token("unknown access key"))?;
     Ok(Caller {
         agent_id: item.owner,
     })
@@ -240,6 +246,7 @@ where
                 Some("path"),
             )
         })?;
+        crate::http::check_query_ids(&req.query)?;
         req.params = params;
         req.operation = route.operation;
         let caller = if route.auth {

@@ -14,6 +14,11 @@ pub enum StoreError {
     /// The store could not be reached or throttled us; retrying may help.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The store refused the request itself (DynamoDB's `ValidationException`: a key over the
+    /// size limit, an oversize item); retrying cannot help. The edge validates ids first, so
+    /// this is a request we should not have sent — never "unavailable".
+    #[error("store refused the request: {0}")]
+    Invalid(String),
     /// An item did not have the shape we wrote; a bug or manual edit.
     #[error("corrupt item {key}: {reason}")]
     Corrupt { key: String, reason: String },
@@ -22,22 +27,34 @@ pub enum StoreError {
 /// Problem type URIs are stable and documented in the OpenAPI document.
 pub const PROBLEM_BASE: &str = "https://tokenops.dev/problems/";
 
-/// RFC 9457 problem details; `field` names the offending input where there is one.
+/// RFC 9457 problem details (`type`, `title`, `status`, `detail`); `field` names the offending
+/// input where there is one. `headers` are response headers the problem needs beside its body
+/// (`WWW-Authenticate` on 401, `Allow` on 405, `Retry-After` on 503); they are not serialized.
 #[derive(Debug, Clone, Serialize, PartialEq, thiserror::Error)]
 #[error("{status} {kind}: {detail}")]
 pub struct ApiError {
-    #[serde(skip)]
-    pub status: u16,
-    #[serde(skip)]
+    /// Serialized as `type`, the stable URI [`PROBLEM_BASE`]`<kind>` (see [`ApiError::type_uri`]).
+    #[serde(rename = "type", serialize_with = "serialize_type_uri")]
     pub kind: &'static str,
-    #[serde(rename = "type")]
-    pub type_uri: String,
     pub title: String,
-    pub status_code: u16,
+    pub status: u16,
     pub detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// Boxed and optional: most problems carry none, and `Result<_, ApiError>` stays small.
+    #[serde(skip)]
+    pub headers: Option<Box<Vec<(String, String)>>>,
 }
+
+fn serialize_type_uri<S: serde::Serializer>(kind: &&'static str, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&format_args!("{PROBLEM_BASE}{kind}"))
+}
+
+/// The challenge every 401 carries (RFC 9110 §11.6.1; the scheme is RFC 6750's).
+pub const BEARER_CHALLENGE: &str = r#"Bearer realm="tokenops""#;
+
+/// Seconds a 503 asks the caller to wait before retrying (`Retry-After`).
+pub const RETRY_AFTER_SECS: u64 = 1;
 
 impl ApiError {
     pub fn new(
@@ -50,12 +67,36 @@ impl ApiError {
         ApiError {
             status,
             kind,
-            type_uri: format!("{PROBLEM_BASE}{kind}"),
             title: title.to_string(),
-            status_code: status,
             detail: detail.into(),
             field: field.map(str::to_string),
+            headers: None,
         }
+    }
+    /// The problem's `type`: [`PROBLEM_BASE`] followed by its kind.
+    pub fn type_uri(&self) -> String {
+        format!("{PROBLEM_BASE}{}", self.kind)
+    }
+    /// Adds a response header (replacing one of the same name, case-insensitively).
+    pub fn with_header(mut self, name: &str, value: impl Into<String>) -> Self {
+        let headers = self.headers.get_or_insert_with(Default::default);
+        headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        headers.push((name.to_ascii_lowercase(), value.into()));
+        self
+    }
+    /// The response headers this problem carries.
+    pub fn headers(&self) -> &[(String, String)] {
+        self.headers
+            .as_deref()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+    /// A response header this problem carries.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers()
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     pub fn bad_request(field: &str, detail: impl Into<String>) -> Self {
         Self::new(
@@ -84,6 +125,7 @@ impl ApiError {
             Some(field),
         )
     }
+    /// No usable credentials: 401 with the bare Bearer challenge.
     pub fn unauthorized(detail: &str) -> Self {
         Self::new(
             401,
@@ -91,6 +133,14 @@ impl ApiError {
             "Unauthorized",
             detail,
             Some("authorization"),
+        )
+        .with_header("www-authenticate", BEARER_CHALLENGE)
+    }
+    /// A bearer key was presented but is not valid: the challenge says so (RFC 6750 §3.1).
+    pub fn invalid_token(detail: &str) -> Self {
+        Self::unauthorized(detail).with_header(
+            "www-authenticate",
+            format!(r#"{BEARER_CHALLENGE}, error="invalid_token""#),
         )
     }
     pub fn conflict(kind: &'static str, field: &str, detail: impl Into<String>) -> Self {
@@ -105,17 +155,21 @@ impl ApiError {
             Some("body"),
         )
     }
-    pub fn method_not_allowed() -> Self {
+    /// 405 with `Allow` listing the methods the path does accept (RFC 9110 §15.5.6).
+    pub fn method_not_allowed(allowed: &[&str]) -> Self {
         Self::new(
             405,
             "method-not-allowed",
             "Method not allowed",
-            "this route does not accept that method",
-            None,
+            format!("this route accepts {}", allowed.join(", ")),
+            Some("method"),
         )
+        .with_header("allow", allowed.join(", "))
     }
+    /// 503 with `Retry-After` ([`RETRY_AFTER_SECS`]); `with_header("retry-after", …)` overrides it.
     pub fn unavailable(detail: impl Into<String>) -> Self {
         Self::new(503, "unavailable", "Service unavailable", detail, None)
+            .with_header("retry-after", RETRY_AFTER_SECS.to_string())
     }
     pub fn internal(detail: impl Into<String>) -> Self {
         Self::new(500, "internal", "Internal error", detail, None)
@@ -132,6 +186,11 @@ impl From<StoreError> for ApiError {
                 "the object changed concurrently; retry the request",
             ),
             StoreError::Unavailable(d) => ApiError::unavailable(d),
+            // The engine's message may quote the request; it goes to the log, not the caller.
+            StoreError::Invalid(d) => {
+                tracing::warn!(error = %d, "store refused a request as invalid");
+                ApiError::bad_request("request", "the request names an object that cannot exist")
+            }
             StoreError::Corrupt { key, reason } => {
                 ApiError::internal(format!("stored item {key} is unreadable: {reason}"))
             }
@@ -195,5 +254,51 @@ impl From<ApiError> for TaskError {
         } else {
             TaskError::Internal(e.detail)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problem_document_has_rfc9457_members_and_no_header_fields() {
+        let e = ApiError::not_found("run_id", "run_x");
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["status"], 404);
+        assert_eq!(v["type"], "https://tokenops.dev/problems/not-found");
+        assert_eq!(v["field"], "run_id");
+        assert!(v.get("status_code").is_none(), "{v}");
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["detail", "field", "status", "title", "type"]);
+        let v = serde_json::to_value(ApiError::unavailable("x")).unwrap();
+        assert!(v.get("headers").is_none() && v.get("kind").is_none(), "{v}");
+    }
+
+    #[test]
+    fn problems_carry_their_response_headers() {
+        assert_eq!(
+            ApiError::unauthorized("no key").header("WWW-Authenticate"),
+            Some(r#"Bearer realm="tokenops""#)
+        );
+        let e = ApiError::invalid_token("unknown access key");
+        assert_eq!(
+            e.header("www-authenticate"),
+            Some(r#"Bearer realm="tokenops", error="invalid_token""#)
+        );
+        assert_eq!(e.headers().len(), 1, "replaced, not added: {:?}", e.headers);
+        assert_eq!(
+            ApiError::method_not_allowed(&["GET", "POST"]).header("allow"),
+            Some("GET, POST")
+        );
+        let e = ApiError::from(StoreError::Unavailable("throttled".into()));
+        assert_eq!((e.status, e.header("retry-after")), (503, Some("1")));
+        let e = e.with_header("Retry-After", "7");
+        assert_eq!((e.header("retry-after"), e.headers().len()), (Some("7"), 1));
+        // A request the store refuses as invalid is the caller's, and never "unavailable".
+        let e = ApiError::from(StoreError::Invalid("ValidationException".into()));
+        assert_eq!((e.status, e.header("retry-after")), (400, None));
+        assert!(!TaskError::from(StoreError::Invalid("x".into())).retryable());
     }
 }

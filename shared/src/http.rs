@@ -123,11 +123,14 @@ impl ApiResponse {
             Err(e) => ApiResponse::problem(&ApiError::internal(format!("response encoding: {e}"))),
         }
     }
+    /// The problem document, with the headers the error carries (`WWW-Authenticate`, `Allow`, …).
     pub fn problem(e: &ApiError) -> ApiResponse {
         let body = serde_json::to_vec(e).unwrap_or_else(|_| b"{}".to_vec());
+        let mut headers = vec![("content-type".into(), "application/problem+json".into())];
+        headers.extend(e.headers().iter().cloned());
         ApiResponse {
             status: e.status,
-            headers: vec![("content-type".into(), "application/problem+json".into())],
+            headers,
             body,
         }
     }
@@ -294,10 +297,13 @@ pub const ROUTES: &[Route] = &[
 /// Path parameters bound by a route pattern (`{run_id}` → value).
 pub type PathParams = BTreeMap<String, String>;
 
-/// Finds the route for a method and path; `Err(405)` when the path exists with another method.
+/// Finds the route for a method and path; `Err(405)` (with `Allow`) when the path exists with
+/// other methods. Every path parameter is checked against the shape its name implies
+/// ([`ids::check_param`](crate::ids::check_param)): a malformed or overlong id is a 404 naming
+/// the parameter here, before any handler or store sees it.
 pub fn match_route(method: &str, path: &str) -> Result<Option<(Route, PathParams)>, ApiError> {
     let segs: Vec<&str> = path.trim_end_matches('/').split('/').collect();
-    let mut path_matched = false;
+    let mut allowed: Vec<&str> = Vec::new();
     for route in ROUTES {
         let pat: Vec<&str> = route.pattern.split('/').collect();
         if pat.len() != segs.len() {
@@ -316,16 +322,31 @@ pub fn match_route(method: &str, path: &str) -> Result<Option<(Route, PathParams
         });
         if ok {
             if route.method == method {
+                for (name, value) in &params {
+                    crate::ids::check_param(name, value)?;
+                }
                 return Ok(Some((*route, params)));
             }
-            path_matched = true;
+            if !allowed.contains(&route.method) {
+                allowed.push(route.method);
+            }
         }
     }
-    if path_matched {
-        Err(ApiError::method_not_allowed())
-    } else {
+    if allowed.is_empty() {
         Ok(None)
+    } else {
+        Err(ApiError::method_not_allowed(&allowed))
     }
+}
+
+/// Query parameters that name ids (`?run_id=`) are held to the same shapes as path parameters.
+pub fn check_query_ids(query: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    for (name, value) in query {
+        if crate::ids::ID_PARAMS.iter().any(|(n, _)| n == name) {
+            crate::ids::check_param(name, value)?;
+        }
+    }
+    Ok(())
 }
 
 /// Parses `a=b&c=d` (percent-decoding is not needed for the ids and numbers we accept).
@@ -352,13 +373,72 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(r.stage, "callback");
+        let e = match_route("DELETE", "/runs/run_abc").unwrap_err();
+        assert_eq!((e.status, e.header("allow")), (405, Some("GET")));
+        let e = match_route("PUT", "/agents").unwrap_err();
+        assert_eq!((e.status, e.header("allow")), (405, Some("POST")));
+        let r = ApiResponse::problem(&e);
         assert_eq!(
-            match_route("DELETE", "/runs/run_abc").unwrap_err().status,
-            405
+            (r.header("allow"), r.header("content-type")),
+            (Some("POST"), Some("application/problem+json"))
         );
         assert!(match_route("GET", "/nope").unwrap().is_none());
         // every stage that serves HTTP is on the seed's path
         assert!(ROUTES.iter().all(|r| crate::model::PATH.contains(&r.stage)));
+    }
+
+    #[test]
+    fn path_and_query_ids_are_held_to_their_shape() {
+        let long = "a".repeat(crate::ids::MAX_ID_SUFFIX + 1);
+        for (method, path, field) in [
+            ("GET", format!("/receipts/usage_{long}"), "receipt_id"),
+            (
+                "GET",
+                format!("/receipts/run_{}", "a".repeat(26)),
+                "receipt_id",
+            ),
+            ("GET", "/results/RESULT_X".to_string(), "result_id"),
+            ("GET", format!("/exceptions/exc_{long}"), "exception_id"),
+            ("GET", "/runs/run_%2e%2e".to_string(), "run_id"),
+            (
+                "POST",
+                format!("/agents/{}/credentials", "a".repeat(52)),
+                "agent_id",
+            ),
+            (
+                "POST",
+                "/providers/Nope!/confirmations".to_string(),
+                "provider",
+            ),
+            ("GET", format!("/schemas/{}", "s".repeat(300)), "object"),
+        ] {
+            let e = match_route(method, &path).unwrap_err();
+            assert_eq!((e.status, e.field.as_deref()), (404, Some(field)), "{path}");
+        }
+        assert!(match_route("GET", "/receipts/srcpt_01abc")
+            .unwrap()
+            .is_some());
+        assert!(match_route("GET", "/schemas/run_contract")
+            .unwrap()
+            .is_some());
+        // Every parameter of the route table has a declared shape.
+        for route in ROUTES {
+            for seg in route.pattern.split('/') {
+                if let Some(name) = seg.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+                    assert!(
+                        crate::ids::ID_PARAMS.iter().any(|(n, _)| *n == name)
+                            || crate::ids::NAME_PARAMS.contains(&name),
+                        "{} has an undeclared parameter {name}",
+                        route.pattern
+                    );
+                }
+            }
+        }
+        let q = parse_query(&format!("run_id=run_{long}&other=x"));
+        let e = check_query_ids(&q).unwrap_err();
+        assert_eq!((e.status, e.field.as_deref()), (404, Some("run_id")));
+        assert!(check_query_ids(&parse_query("run_id=run_01abc&limit=5")).is_ok());
+        assert!(check_query_ids(&parse_query("run_id=")).is_err());
     }
 
     #[test]

@@ -32,6 +32,33 @@ pub fn manifest(base_url: &str) -> Value {
     })
 }
 
+/// The RFC 9457 problem document every error answers with (see [`crate::error::ApiError`]).
+pub fn problem_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["type", "title", "status", "detail"],
+        "properties": {
+            "type": {"type": "string", "format": "uri", "description": "stable problem type URI"},
+            "title": {"type": "string"},
+            "status": {"type": "integer", "minimum": 400, "maximum": 599, "description": "the HTTP status code (RFC 9457 §3.1.2)"},
+            "detail": {"type": "string"},
+            "field": {"type": "string", "description": "the offending input, where there is one"}
+        }
+    })
+}
+
+/// The pattern a path parameter must match (see [`crate::ids::check_param`]).
+fn param_pattern(name: &str) -> String {
+    match crate::ids::ID_PARAMS.iter().find(|(n, _)| *n == name) {
+        Some((_, prefixes)) => format!(
+            "^({})_[a-z0-9_-]{{1,{}}}$",
+            prefixes.join("|"),
+            crate::ids::MAX_ID_SUFFIX
+        ),
+        None => format!("^[a-z0-9][a-z0-9_-]{{0,{}}}$", crate::ids::MAX_NAME - 1),
+    }
+}
+
 pub fn openapi(base_url: &str) -> Value {
     let mut paths = serde_json::Map::new();
     for r in ROUTES {
@@ -39,7 +66,7 @@ pub fn openapi(base_url: &str) -> Value {
             .pattern
             .split('/')
             .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|p| json!({"name": p, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .map(|p| json!({"name": p, "in": "path", "required": true, "schema": {"type": "string", "pattern": param_pattern(p)}}))
             .collect();
         let mut op = json!({
             "operationId": r.operation,
@@ -47,7 +74,8 @@ pub fn openapi(base_url: &str) -> Value {
             "parameters": params,
             "responses": {
                 "200": {"description": "OK", "content": {"application/json": {}}},
-                "4XX": {"description": "Problem", "content": {"application/problem+json": {}}}
+                "4XX": {"description": "Problem", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}},
+                "5XX": {"description": "Problem", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
             }
         });
         if r.auth {
@@ -63,6 +91,8 @@ pub fn openapi(base_url: &str) -> Value {
             .or_insert_with(|| json!({}));
         entry[r.method.to_ascii_lowercase()] = op;
     }
+    let mut component_schemas = serde_json::to_value(schemas()).unwrap_or_else(|_| json!({}));
+    component_schemas["Problem"] = problem_schema();
     json!({
         "openapi": "3.1.0",
         "info": {"title": "TokenOps API", "version": env!("CARGO_PKG_VERSION")},
@@ -70,7 +100,27 @@ pub fn openapi(base_url: &str) -> Value {
         "paths": paths,
         "components": {
             "securitySchemes": {"accessKey": {"type": "http", "scheme": "bearer"}},
-            "schemas": schemas(),
+            "schemas": component_schemas,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openapi_documents_the_problem_and_parameter_shapes() {
+        let doc = openapi("http://localhost");
+        let problem = &doc["components"]["schemas"]["Problem"];
+        assert!(problem["properties"]["status"].is_object(), "{problem}");
+        assert!(problem["properties"].get("status_code").is_none());
+        // The document a real error renders has exactly the documented members.
+        let e = serde_json::to_value(crate::error::ApiError::not_found("run_id", "x")).unwrap();
+        for k in e.as_object().unwrap().keys() {
+            assert!(problem["properties"].get(k).is_some(), "undocumented {k}");
+        }
+        let p = &doc["paths"]["/receipts/{receipt_id}"]["get"]["parameters"][0]["schema"];
+        assert_eq!(p["pattern"], "^(usage|srcpt)_[a-z0-9_-]{1,80}$");
+    }
 }

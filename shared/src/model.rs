@@ -462,6 +462,8 @@ pub struct Attestation {
     pub run_id: String,
     pub keyid: String,
     pub envelope: crate::proof::dsse::Envelope,
+    /// The envelope's payload, decoded, for readers; `tokenops verify attestation` rejects an
+    /// attestation whose copy differs from the signed payload.
     pub statement: crate::proof::dsse::Statement,
     pub created_at: String,
 }

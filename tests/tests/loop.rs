@@ -394,6 +394,17 @@ async fn agents_see_only_their_own_objects() {
     }
     let b_ledger = b.agent.ok("GET", "/ledger", None).await.unwrap();
     assert_eq!(b_ledger["entries"].as_array().unwrap().len(), 0);
+    // A's run id as a ledger filter: 404, as any other foreign id (issue 8.5).
+    let path = format!("/ledger?run_id={run_id}");
+    let r = b.agent.call("GET", &path, None, None).await.unwrap();
+    assert_eq!(
+        (r.status, r.content_type.as_str(), r.body["field"].as_str()),
+        (404, "application/problem+json", Some("run_id")),
+        "{}",
+        r.body
+    );
+    let own = a.agent.ok("GET", &path, None).await.unwrap();
+    assert_eq!(own["entries"].as_array().unwrap().len(), 7);
     assert_eq!(
         Agent::anonymous(&rt.base_url)
             .call("GET", &format!("/runs/{run_id}"), None, None)
@@ -466,6 +477,7 @@ async fn bad_input_gets_problem_json_4xx_and_writes_nothing() {
             "{problem}"
         );
         assert_eq!(problem["field"], field, "{problem}");
+        assert_eq!(problem["status"], status, "RFC 9457 `status`: {problem}");
         assert!(problem["type"]
             .as_str()
             .unwrap()
@@ -512,7 +524,7 @@ async fn bad_input_gets_problem_json_4xx_and_writes_nothing() {
     assert_eq!(ledger["entries"].as_array().unwrap().len(), 0);
     assert_eq!(rt.queue.dead_letters().await.unwrap().len(), 0);
     let stats = f.agent.ok("GET", "/queue", None).await.unwrap();
-    assert_eq!(stats["queue"]["depth"], 0);
+    assert_eq!(stats["runs"]["pending"], 0);
     rt.shutdown().await;
 }
 
@@ -568,6 +580,20 @@ async fn tampered_ledger_entry_and_attestation_are_rejected() {
         json!(base64::engine::general_purpose::STANDARD.encode(statement.to_string()));
     std::fs::write(p("att-tampered.json"), forged.to_string()).unwrap();
     assert!(tokenops_local::verify::attestation(&p("att-tampered.json"), &p("keys.json")).is_err());
+    // The signed envelope intact, the plain `statement` copy beside it edited (issue 8.7): agents
+    // read that copy, so it must equal the signed payload.
+    let mut copy_edited = att.clone();
+    copy_edited["statement"]["subject"][0]["digest"]["sha256"] = json!("00".repeat(32));
+    std::fs::write(p("att-copy-tampered.json"), copy_edited.to_string()).unwrap();
+    let err = tokenops_local::verify::attestation(&p("att-copy-tampered.json"), &p("keys.json"))
+        .expect_err("a statement copy that differs from the signed payload is rejected");
+    assert!(err.to_string().contains("statement"), "{err}");
+    let mut copy_extra = att.clone();
+    copy_extra["statement"]["predicate"]["credits"] = json!(1_000_000);
+    std::fs::write(p("att-copy-extra.json"), copy_extra.to_string()).unwrap();
+    assert!(
+        tokenops_local::verify::attestation(&p("att-copy-extra.json"), &p("keys.json")).is_err()
+    );
     rt.shutdown().await;
 }
 
@@ -704,5 +730,241 @@ async fn failing_callback_is_recorded_and_redelivered_on_request() {
         )
     );
     assert_eq!(f.receiver.verified_for(run_id).len(), 1);
+    rt.shutdown().await;
+}
+
+/// Issue 8.1: ids of any shape or length are refused at the edge with a 4xx problem naming the
+/// field — never the store's key-size error surfacing as 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_of_any_shape_or_length_get_4xx_naming_the_field() {
+    let rt = runtime("ids").await;
+    let f = funded_agent(&rt, "ids-agent", 2).await;
+    let items_before = tokenops_tests::item_count(&rt).await;
+    let long = |n: usize| "a".repeat(n);
+    let mut cases: Vec<(&str, String, &str)> = Vec::new();
+    for n in [44, 81, 300, 2100] {
+        cases.extend([
+            ("GET", format!("/receipts/usage_{}", long(n)), "receipt_id"),
+            ("GET", format!("/receipts/srcpt_{}", long(n)), "receipt_id"),
+            ("GET", format!("/results/result_{}", long(n)), "result_id"),
+            (
+                "GET",
+                format!("/exceptions/exc_{}", long(n)),
+                "exception_id",
+            ),
+            ("GET", format!("/runs/run_{}", long(n)), "run_id"),
+            ("GET", format!("/quotes/quote_{}", long(n)), "quote_id"),
+            (
+                "GET",
+                format!("/settlements/stl_{}", long(n)),
+                "settlement_id",
+            ),
+            (
+                "GET",
+                format!("/credit-entitlements/cred_{}", long(n)),
+                "credit_entitlement_id",
+            ),
+            (
+                "GET",
+                format!("/attestations/att_{}", long(n)),
+                "attestation_id",
+            ),
+            ("GET", format!("/agents/agent_{}", long(n)), "agent_id"),
+            (
+                "POST",
+                format!("/agents/agent_{}/credentials", long(n)),
+                "agent_id",
+            ),
+            (
+                "POST",
+                format!("/agents/{}/credentials", long(n)),
+                "agent_id",
+            ),
+            (
+                "POST",
+                format!("/providers/{}/confirmations", long(n)),
+                "provider",
+            ),
+            ("GET", format!("/schemas/{}", long(n)), "object"),
+            ("GET", format!("/ledger?run_id=run_{}", long(n)), "run_id"),
+        ]);
+    }
+    for junk in [
+        "USAGE_X",
+        "usage_%00",
+        "usage_%2e%2e",
+        "usage_a%20b",
+        "usage_é",
+    ] {
+        cases.push(("GET", format!("/receipts/{junk}"), "receipt_id"));
+        cases.push(("POST", format!("/agents/{junk}/credentials"), "agent_id"));
+    }
+    cases.push(("GET", "/ledger?run_id=nope".into(), "run_id"));
+    cases.push(("GET", "/ledger?run_id=".into(), "run_id"));
+    let mut wrong = Vec::new();
+    for (method, path, field) in &cases {
+        let r = f
+            .agent
+            .call(method, path, Some(&json!({"claim_token": "x"})), None)
+            .await
+            .unwrap();
+        if !(400..500).contains(&r.status)
+            || r.content_type != "application/problem+json"
+            || r.body["field"].as_str() != Some(*field)
+        {
+            let shown: String = path.chars().take(70).collect();
+            let body: String = r.body.to_string().chars().take(200).collect();
+            wrong.push(format!("{method} {shown}… → {} {body}", r.status));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {}:\n{}",
+        wrong.len(),
+        cases.len(),
+        wrong.join("\n")
+    );
+    assert_eq!(tokenops_tests::item_count(&rt).await, items_before);
+    rt.shutdown().await;
+}
+
+/// Issue 8.3/8.4: a 401 names the scheme (`WWW-Authenticate`, RFC 9110 §11.6.1 / RFC 6750), the
+/// scheme is case-insensitive, and a 405 lists the path's methods in `Allow`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthorized_names_the_scheme_and_wrong_method_lists_allow() {
+    let rt = runtime("authhdr").await;
+    let f = funded_agent(&rt, "authhdr-agent", 1).await;
+    let key = f.agent.access_key.clone().unwrap();
+    let path = format!("/agents/{}", f.agent.agent_id);
+    let get = |auth: Option<String>| {
+        let http = f.agent.http.clone();
+        let url = format!("{}{path}", f.agent.base);
+        async move {
+            let mut req = http.get(url);
+            if let Some(a) = auth {
+                req = req.header("authorization", a);
+            }
+            req.send().await.unwrap()
+        }
+    };
+    let r = get(None).await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.headers()
+            .get("www-authenticate")
+            .map(|v| v.to_str().unwrap()),
+        Some(r#"Bearer realm="tokenops""#)
+    );
+    let r = get(Some("Bearer tok_unknown".into())).await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.headers()
+            .get("www-authenticate")
+            .map(|v| v.to_str().unwrap()),
+        Some(r#"Bearer realm="tokenops", error="invalid_token""#)
+    );
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let r = get(Some(format!("{scheme} {key}"))).await;
+        assert_eq!(r.status(), 200, "scheme {scheme}");
+    }
+    let r = get(Some(format!("Basic {key}"))).await;
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().contains_key("www-authenticate"));
+    // The provider confirmation is authenticated by a signature; its 401 names that scheme.
+    let r = f
+        .agent
+        .http
+        .post(format!(
+            "{}/providers/{}/confirmations",
+            f.agent.base,
+            tokenops::provider::TEST_PROVIDER
+        ))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("Standard-Webhooks ")));
+
+    let r = f
+        .agent
+        .http
+        .delete(format!("{}/runs/run_x", f.agent.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(
+        r.headers().get("allow").map(|v| v.to_str().unwrap()),
+        Some("GET")
+    );
+    let r = f
+        .agent
+        .http
+        .get(format!("{}/runs", f.agent.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(
+        r.headers().get("allow").map(|v| v.to_str().unwrap()),
+        Some("POST")
+    );
+    let body: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(body["status"], 405, "RFC 9457 names the member `status`");
+    assert!(body.get("status_code").is_none(), "{body}");
+    rt.shutdown().await;
+}
+
+/// Issue 8.6: `GET /queue` shows an agent its own queued runs only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_monitor_shows_an_agent_only_its_own_runs() {
+    let rt = runtime("queuescope").await;
+    let a = funded_agent(&rt, "queue-a", 2).await;
+    let b = funded_agent(&rt, "queue-b", 2).await;
+    let run = a
+        .agent
+        .ok("POST", "/runs", Some(&a.full_run()))
+        .await
+        .unwrap();
+    let run_id = run["run_id"].as_str().unwrap().to_string();
+    wait_delivered(&a.agent, &run_id).await;
+    // A replay of A's run waiting for dispatch for an hour (the pending index, as the enqueuing
+    // stage writes it, backdated; no queue message, so nothing dispatches it).
+    let hour_ago = (tokenops::ids::now().unix_timestamp_nanos() / 1_000_000) as i64 - 3_600_000;
+    let pending = tokenops::store::Item::new(
+        tokenops::store::Key::new("PENDING", format!("{run_id}-replay-9")),
+        "pending_run",
+        None,
+        json!({"run_id": run_id, "replay": 9}),
+    )
+    .num("queued_at_ms", hour_ago);
+    rt.ctx
+        .store
+        .transact(vec![tokenops::store::Write::put(pending)])
+        .await
+        .unwrap();
+    let mine = a.agent.ok("GET", "/queue", None).await.unwrap();
+    assert_eq!(mine["runs"]["pending"], 1, "{mine}");
+    assert!(mine["runs"]["oldest_age_seconds"].as_i64().unwrap() >= 3600);
+    let theirs = b.agent.ok("GET", "/queue", None).await.unwrap();
+    assert_eq!(theirs["runs"]["pending"], 0, "{theirs}");
+    assert_eq!(theirs["runs"]["oldest_age_seconds"], 0, "{theirs}");
+    // Nothing else in B's view reflects A's waiting run (no global depth or age).
+    let text = theirs.to_string();
+    assert!(!text.contains(&run_id), "{theirs}");
+    assert!(
+        theirs["queue"].get("oldest_age_seconds").is_none()
+            && theirs["queue"].get("depth").is_none()
+            && theirs["queue"].get("in_flight").is_none(),
+        "global figures shown to an agent: {theirs}"
+    );
+    // The consumer's heartbeat (service health) is still there for everyone.
+    assert!(theirs["consumer_heartbeat"]["at"].is_string(), "{theirs}");
     rt.shutdown().await;
 }

@@ -66,7 +66,8 @@ contract!(
     racing_creates_have_one_winner,
     racing_debits_never_overspend,
     idempotent_replay_runs_the_operation_once,
-    idempotency_keys_are_scoped_per_agent;
+    idempotency_keys_are_scoped_per_agent,
+    a_key_the_engine_refuses_is_invalid_not_unavailable;
     // moto 5.2.5 does not isolate concurrent TransactWriteItems: each call snapshots the tables,
     // applies its writes and, on a failed condition, restores the snapshot — without a lock, so
     // a refused transaction can undo another's committed write (seen: 11 of 20 racing debits of
@@ -76,6 +77,32 @@ contract!(
     embedded_only: racing_transactions_are_isolated,
     racing_same_key_requests_have_one_effect,
 );
+
+/// A key over DynamoDB's 2048-byte partition-key limit is refused by the engine as a validation
+/// error: that is not "unavailable" (retrying cannot help, and the edge must not answer 503).
+async fn a_key_the_engine_refuses_is_invalid_not_unavailable(store: DynamoStore) {
+    let huge = Key::object(&format!("usage_{}", "a".repeat(2100)));
+    let is_invalid = |r: &Result<(), StoreError>| matches!(r, Err(StoreError::Invalid(_)));
+    let got = store.get(&huge).await.map(|_| ());
+    assert!(is_invalid(&got), "get: {got:?}");
+    // Engines differ on a query: DynamoDB refuses it, dynoxide lists nothing; neither is a 503.
+    let queried = store.query(&huge.pk, "", None).await.map(|_| ());
+    assert!(
+        is_invalid(&queried) || queried.is_ok(),
+        "query: {queried:?}"
+    );
+    let put = store
+        .transact(vec![Write::put(Item::new(
+            huge.clone(),
+            "x",
+            None,
+            json!({}),
+        ))])
+        .await;
+    assert!(is_invalid(&put), "put: {put:?}");
+    let e = ApiError::from(StoreError::Invalid("ValidationException".into()));
+    assert!((400..500).contains(&e.status), "{e:?}");
+}
 
 /// moto's own URL (the emulator's `upstream`), or None when no emulator is configured.
 async fn moto_endpoint() -> Option<String> {

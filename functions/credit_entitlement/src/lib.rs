@@ -50,6 +50,10 @@ pub fn entitlement_view(item: &Item) -> Result<CreditEntitlement, StoreError> {
     Ok(e)
 }
 
+/// The challenge of a provider confirmation's 401: it is authenticated by a Standard Webhooks
+/// signature, not a bearer key (RFC 9110 §11.6.1: every 401 names its scheme).
+const PROVIDER_CHALLENGE: &str = r#"Standard-Webhooks realm="tokenops-providers""#;
+
 async fn confirm<S: Store>(ctx: &Ctx<S>, call: Call) -> Result<ApiResponse, ApiError> {
     let provider = call.req.param("provider").to_string();
     let secret = ctx
@@ -58,9 +62,10 @@ async fn confirm<S: Store>(ctx: &Ctx<S>, call: Call) -> Result<ApiResponse, ApiE
         .get(&provider)
         .ok_or_else(|| ApiError::not_found("provider", &provider))?;
     let h = |n: &str| {
-        call.req
-            .header(n)
-            .ok_or_else(|| ApiError::unauthorized(&format!("missing {n} header")))
+        call.req.header(n).ok_or_else(|| {
+            ApiError::unauthorized(&format!("missing {n} header"))
+                .with_header("www-authenticate", PROVIDER_CHALLENGE)
+        })
     };
     let ts: i64 = h(webhook::HEADER_TIMESTAMP)?
         .parse()
@@ -82,6 +87,7 @@ async fn confirm<S: Store>(ctx: &Ctx<S>, call: Call) -> Result<ApiResponse, ApiE
             e.to_string(),
             Some(webhook::HEADER_SIGNATURE),
         )
+        .with_header("www-authenticate", PROVIDER_CHALLENGE)
     })?;
     let c: ProviderConfirmation = call.req.json()?;
     let sid = parse_id("stl", &c.settlement_reference, "settlement_reference")

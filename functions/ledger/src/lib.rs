@@ -44,10 +44,20 @@ pub async fn handle<S: Store>(ctx: &Ctx<S>, req: ApiRequest) -> ApiResponse {
     serve(ctx, req, |call| async move {
         let agent = call.caller.agent()?.to_string();
         match call.req.operation {
+            // `?run_id=` filters to one of the agent's runs; another agent's run (or none) is a
+            // 404, as every foreign id is — never an empty 200 that confirms nothing.
             "get_ledger" => {
+                let run = call.req.query.get("run_id");
+                if let Some(r) = run {
+                    let r = tokenops::ids::parse_id("run", r, "run_id")?;
+                    match ctx.store.get(&Key::run(&r)).await? {
+                        Some(item) if item.owner.as_deref() == Some(agent.as_str()) => {}
+                        _ => return Err(ApiError::not_found("run_id", &r)),
+                    }
+                }
                 let all = entries(&ctx.store, &agent).await?;
                 let head = all.last().map(|e| e.entry_hash.clone());
-                let shown: Vec<&LedgerEntry> = match call.req.query.get("run_id") {
+                let shown: Vec<&LedgerEntry> = match run {
                     Some(r) => all.iter().filter(|e| &e.run_id == r).collect(),
                     None => all.iter().collect(),
                 };

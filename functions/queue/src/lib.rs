@@ -26,6 +26,16 @@ fn heartbeat_key() -> Key {
     Key::new("QUEUE#heartbeat", "HEARTBEAT")
 }
 
+/// `GET /queue`, scoped to the caller: an agent sees
+/// - `runs`: its **own** runs waiting for dispatch (`pending`, `oldest_age_seconds`), from the
+///   pending index filtered by run owner;
+/// - `queue`: the queue's service figures that carry no other agent's traffic — its name,
+///   redrive policy (`max_receives`, `visibility_timeout_seconds`) and `dead_letter_depth`
+///   (poison messages, a health signal);
+/// - `consumer_heartbeat`: when the consumer last ran (global service health).
+///
+/// The queue-wide `depth`, `in_flight` and oldest age measure every agent's traffic and are not
+/// shown to agents (they remain in CloudWatch / `RunQueue::stats` for operators).
 pub async fn handle<S: Store, Q: RunQueue>(
     ctx: &Ctx<S>,
     queue: &Q,
@@ -34,11 +44,10 @@ pub async fn handle<S: Store, Q: RunQueue>(
     serve(ctx, req, |call| async move {
         match call.req.operation {
             "queue_monitor" => {
-                call.caller.agent()?;
-                let mut stats = queue.stats().await?;
-                stats.oldest_age_seconds = stats
-                    .oldest_age_seconds
-                    .max(tokenops::queue::oldest_pending_age_secs(&ctx.store).await?);
+                let agent = call.caller.agent()?;
+                let stats = queue.stats().await?;
+                let (pending, oldest) =
+                    tokenops::queue::pending_for_agent(&ctx.store, agent).await?;
                 let hb = ctx
                     .store
                     .get(&heartbeat_key())
@@ -47,7 +56,16 @@ pub async fn handle<S: Store, Q: RunQueue>(
                     .unwrap_or(serde_json::Value::Null);
                 Ok(ApiResponse::json(
                     200,
-                    &json!({"queue": stats, "consumer_heartbeat": hb}),
+                    &json!({
+                        "runs": {"pending": pending, "oldest_age_seconds": oldest},
+                        "queue": {
+                            "queue": stats.queue,
+                            "dead_letter_depth": stats.dead_letter_depth,
+                            "max_receives": stats.max_receives,
+                            "visibility_timeout_seconds": stats.visibility_timeout_seconds,
+                        },
+                        "consumer_heartbeat": hb,
+                    }),
                 ))
             }
             "redrive_run" => {

@@ -127,9 +127,17 @@ where
     let msg = format!("{}", aws_sdk_dynamodb::error::DisplayErrorContext(&e));
     if msg.contains("ConditionalCheckFailed") {
         StoreError::ConditionFailed
+    } else if is_validation(&msg) {
+        StoreError::Invalid(msg)
     } else {
         StoreError::Unavailable(msg)
     }
+}
+
+/// DynamoDB (and the engines speaking its API) refuse a malformed request — an oversize key or
+/// item — with `ValidationException`: the request is wrong, the store is not unavailable.
+fn is_validation(msg: &str) -> bool {
+    msg.contains("ValidationException")
 }
 
 fn key_map(key: &Key) -> HashMap<String, AttributeValue> {
@@ -487,6 +495,9 @@ impl DynamoStore {
             let conflict = reasons.iter().any(|c| c == "TransactionConflict")
                 || msg.contains("TransactionConflict")
                 || msg.contains("TransactionInProgress");
+            if is_validation(&msg) {
+                return Err(StoreError::Invalid(msg));
+            }
             if !conflict || attempt >= 8 {
                 return Err(StoreError::Unavailable(msg));
             }
