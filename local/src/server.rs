@@ -52,9 +52,16 @@ pub async fn dispatch(app: &App, req: ApiRequest) -> ApiResponse {
 async fn handler(State(app): State<App>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let started = std::time::Instant::now();
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string());
     let api = match to_bytes(body, MAX_BODY_BYTES + 1).await {
         Ok(bytes) => {
-            let req = ApiRequest::from_http(&parts, bytes.to_vec());
+            let req = ApiRequest {
+                source_ip: peer,
+                ..ApiRequest::from_http(&parts, bytes.to_vec())
+            };
             dispatch(&app, req).await
         }
         Err(_) => ApiResponse::problem(&ApiError::too_large(MAX_BODY_BYTES)),
@@ -75,7 +82,8 @@ pub fn spawn(listener: TcpListener, app: App, mut stop: watch::Receiver<bool>) {
         .with_state(app)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES + 1));
     tokio::spawn(async move {
-        let _ = axum::serve(listener, router)
+        let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let _ = axum::serve(listener, service)
             .with_graceful_shutdown(async move {
                 let _ = stop.wait_for(|s| *s).await;
             })

@@ -2,6 +2,8 @@
 //! run record. Functions call [`serve`], which wraps their operation in these rules.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -67,7 +69,18 @@ pub struct Idem {
     ttl: i64,
     /// Response fields that are secrets: stored (and so replayed) without them.
     redact: &'static [&'static str],
+    /// Set once this request's response is stored under the key (by [`commit`]).
+    stored: Arc<AtomicBool>,
+    /// The claim token when the key was claimed before an operation with an outside effect.
+    claim: Option<String>,
 }
+
+/// Operations whose effect leaves the store (an HTTP POST to the agent): the key is claimed
+/// before the effect, so concurrent same-key requests cannot each cause it.
+const CLAIMED: &[&str] = &["redeliver_callback"];
+
+/// A claim older than this was left by a crashed request: another may take it over.
+const CLAIM_LEASE_SECS: i64 = 60;
 
 /// Responses of these operations carry secrets, so they are never stored for replay; they are
 /// single-use by construction instead (a second claim is refused).
@@ -99,7 +112,17 @@ async fn idempotency_start<S: Store>(
             "must be 1–255 printable ASCII characters",
         ));
     }
-    let scope = caller.agent_id.clone().unwrap_or_else(|| "public".into());
+    // Agents' keys are theirs; an anonymous caller's are scoped by the route's subject (the
+    // provider that signs confirmations) or by the client address, so one caller's key cannot
+    // collide with another's.
+    let scope = match (&caller.agent_id, req.params.get("provider")) {
+        (Some(agent), _) => agent.clone(),
+        (None, Some(provider)) => format!("provider:{provider}"),
+        (None, None) => format!(
+            "anon:{}",
+            &sha256_hex(req.source_ip.as_deref().unwrap_or("unknown").as_bytes())[..32]
+        ),
+    };
     let mut h = Sha256::new();
     for part in [
         req.method.as_bytes(),
@@ -115,11 +138,116 @@ async fn idempotency_start<S: Store>(
         request_hash: hex::encode(h.finalize()),
         ttl: crate::ids::now().unix_timestamp() + ctx.config.idempotency_ttl_secs,
         redact: redacted_fields(req.operation),
+        stored: Arc::default(),
+        claim: None,
     };
     match replay(&ctx.store, &idem).await? {
         Some(resp) => Ok(Err(resp)),
+        None if CLAIMED.contains(&req.operation) => claim(&ctx.store, idem).await,
         None => Ok(Ok(Some(idem))),
     }
+}
+
+/// Claims the key before an outside effect: the first request gets it; a concurrent one with the
+/// same key gets 409 `idempotency-key-in-use` (Retry-After), a later one the stored response.
+async fn claim<S: Store>(
+    store: &S,
+    mut idem: Idem,
+) -> Result<Result<Option<Idem>, ApiResponse>, ApiError> {
+    let token = ulid::Ulid::new().to_string();
+    let now = crate::ids::now().unix_timestamp();
+    let mut item = Item::new(idem.key.clone(), "idempotency", None, serde_json::json!({}))
+        .attr("request_hash", idem.request_hash.clone())
+        .attr("claim", token.clone())
+        .num("claimed_at", now);
+    item.ttl = Some(idem.ttl);
+    let write = match store.get(&idem.key).await? {
+        None => Write::create(item),
+        Some(old) if old.get_attr("claim").is_some() && old.get_num("status") == 0 => {
+            if old.get_attr("request_hash") != Some(idem.request_hash.as_str()) {
+                return Err(key_reused());
+            }
+            if now - old.get_num("claimed_at") < CLAIM_LEASE_SECS {
+                return Err(in_use());
+            }
+            // The claimant died mid-request (no response after the lease): take it over.
+            let old_token = old.get_attr("claim").unwrap_or_default().to_string();
+            Write::put_if(item, vec![Cond::AttrEq("claim".into(), old_token)])
+        }
+        // Completed meanwhile: its response.
+        Some(_) => return replay(store, &idem).await.map(|r| r.map_or(Ok(None), Err)),
+    };
+    match store.transact(vec![write]).await {
+        Ok(()) => {
+            idem.claim = Some(token);
+            Ok(Ok(Some(idem)))
+        }
+        Err(StoreError::ConditionFailed) => Err(in_use()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn key_reused() -> ApiError {
+    ApiError::new(
+        422,
+        "idempotency-key-reused",
+        "Idempotency-Key reused",
+        "this Idempotency-Key was used with a different request",
+        Some("Idempotency-Key"),
+    )
+}
+
+fn in_use() -> ApiError {
+    ApiError::conflict(
+        "idempotency-key-in-use",
+        "Idempotency-Key",
+        "a request with this Idempotency-Key is in progress; retry after it finishes",
+    )
+    .with_header("retry-after", "1")
+}
+
+/// After the operation: a response not stored yet is stored under the key (so a later request
+/// with the key gets it), unless another request stored one first — then that one is returned,
+/// so every request with one key sees the first response. Server errors are not stored: the
+/// claim, if any, is given back so a retry can run.
+async fn settle<S: Store>(
+    store: &S,
+    idem: &Idem,
+    res: Result<ApiResponse, ApiError>,
+) -> Result<ApiResponse, ApiError> {
+    let settled = match &res {
+        Ok(resp)
+            if !idem.stored.load(Ordering::SeqCst)
+                && resp.status < 500
+                && resp.header("idempotent-replayed").is_none() =>
+        {
+            let c = Commit {
+                writes: vec![],
+                response: resp.clone(),
+            };
+            match commit(store, Some(idem), c).await {
+                Ok(r) => Ok(r),
+                Err(e) => {
+                    tracing::warn!(error = %e, "idempotent response not stored");
+                    res
+                }
+            }
+        }
+        Ok(resp) if resp.status < 500 => res,
+        _ => {
+            if let Some(token) = &idem.claim {
+                let release = Write::Delete {
+                    key: idem.key.clone(),
+                    conds: vec![Cond::AttrEq("claim".into(), token.clone())],
+                };
+                if let Err(e) = store.transact(vec![release]).await {
+                    tracing::warn!(error = %e, "idempotency claim not released; it lapses");
+                }
+            }
+            res
+        }
+    };
+    settled
 }
 
 /// The stored response for this key, or 422 if the key was used with another request.
@@ -128,13 +256,10 @@ async fn replay<S: Store>(store: &S, idem: &Idem) -> Result<Option<ApiResponse>,
         return Ok(None);
     };
     if item.get_attr("request_hash") != Some(idem.request_hash.as_str()) {
-        return Err(ApiError::new(
-            422,
-            "idempotency-key-reused",
-            "Idempotency-Key reused",
-            "this Idempotency-Key was used with a different request",
-            Some("Idempotency-Key"),
-        ));
+        return Err(key_reused());
+    }
+    if item.get_num("status") == 0 {
+        return Ok(None); // claimed, no response yet
     }
     let status = item.get_num("status") as u16;
     let body = item
@@ -204,10 +329,18 @@ pub async fn commit<S: Store>(
         )
         .num("status", c.response.status as i64);
         item.ttl = Some(i.ttl);
-        writes.push(Write::create(item));
+        writes.push(match &i.claim {
+            Some(token) => Write::put_if(item, vec![Cond::AttrEq("claim".into(), token.clone())]),
+            None => Write::create(item),
+        });
     }
     match store.transact(writes).await {
-        Ok(()) => Ok(c.response),
+        Ok(()) => {
+            if let Some(i) = idem {
+                i.stored.store(true, Ordering::SeqCst);
+            }
+            Ok(c.response)
+        }
         Err(StoreError::ConditionFailed) => match idem {
             Some(i) => match replay(store, i).await {
                 Ok(Some(resp)) => Ok(resp),
@@ -258,7 +391,10 @@ where
             Ok(i) => i,
             Err(replayed) => return Ok(replayed),
         };
-        op(Call { req, caller, idem }).await
+        match idem.clone() {
+            Some(i) => settle(&ctx.store, &i, op(Call { req, caller, idem }).await).await,
+            None => op(Call { req, caller, idem }).await,
+        }
     }
     .await;
     match res {

@@ -22,6 +22,9 @@ pub struct ApiRequest {
     pub body: Vec<u8>,
     /// The route this request matched (its operation name).
     pub operation: &'static str,
+    /// The client's address as the edge saw it (API Gateway's `sourceIp`, the local socket):
+    /// anonymous callers' idempotency keys are scoped by it.
+    pub source_ip: Option<String>,
 }
 
 impl ApiRequest {

@@ -128,6 +128,7 @@ pub fn request_from_apigw_v2(ev: &Value) -> ApiRequest {
         query: parse_query(&s("/rawQueryString")),
         headers,
         body,
+        source_ip: Some(s("/requestContext/http/sourceIp")).filter(|ip| !ip.is_empty()),
         ..Default::default()
     }
 }
@@ -148,8 +149,16 @@ pub fn response_to_apigw_v2(r: &ApiResponse) -> Value {
 
 /// `lambda_http` request → request.
 pub fn request_from_http(req: lambda_http::Request) -> ApiRequest {
+    use lambda_http::RequestExt;
+    let source_ip = match req.request_context_ref() {
+        Some(lambda_http::request::RequestContext::ApiGatewayV2(c)) => c.http.source_ip.clone(),
+        _ => None,
+    };
     let (parts, body) = req.into_parts();
-    ApiRequest::from_http(&parts, body.to_vec())
+    ApiRequest {
+        source_ip,
+        ..ApiRequest::from_http(&parts, body.to_vec())
+    }
 }
 
 pub fn response_to_http(r: ApiResponse) -> lambda_http::Response<lambda_http::Body> {
