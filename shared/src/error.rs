@@ -23,7 +23,8 @@ pub enum StoreError {
 pub const PROBLEM_BASE: &str = "https://tokenops.dev/problems/";
 
 /// RFC 9457 problem details; `field` names the offending input where there is one.
-#[derive(Debug, Clone, Serialize, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, Serialize, PartialEq, thiserror::Error, schemars::JsonSchema)]
+#[schemars(rename = "Problem")]
 #[error("{status} {kind}: {detail}")]
 pub struct ApiError {
     #[serde(skip)]

@@ -1,6 +1,6 @@
 //! Discovery: the TokenOps manifest (seed fields `tool_id`, `accepted_inputs`, `outputs`, plus
-//! evidence requirements, output modes, workflow states and every entry point) and an OpenAPI
-//! document generated from the same route table.
+//! evidence requirements, output modes, workflow states and every entry point); the OpenAPI
+//! document is generated in [`crate::openapi`] from the same route table.
 
 use serde_json::{json, Value};
 
@@ -32,45 +32,4 @@ pub fn manifest(base_url: &str) -> Value {
     })
 }
 
-pub fn openapi(base_url: &str) -> Value {
-    let mut paths = serde_json::Map::new();
-    for r in ROUTES {
-        let params: Vec<Value> = r
-            .pattern
-            .split('/')
-            .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|p| json!({"name": p, "in": "path", "required": true, "schema": {"type": "string"}}))
-            .collect();
-        let mut op = json!({
-            "operationId": r.operation,
-            "tags": [r.stage],
-            "parameters": params,
-            "responses": {
-                "200": {"description": "OK", "content": {"application/json": {}}},
-                "4XX": {"description": "Problem", "content": {"application/problem+json": {}}}
-            }
-        });
-        if r.auth {
-            op["security"] = json!([{"accessKey": []}]);
-        }
-        if r.method == "POST" {
-            if let Some(a) = op["parameters"].as_array_mut() {
-                a.push(json!({"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string", "maxLength": 255}}));
-            }
-        }
-        let entry = paths
-            .entry(r.pattern.to_string())
-            .or_insert_with(|| json!({}));
-        entry[r.method.to_ascii_lowercase()] = op;
-    }
-    json!({
-        "openapi": "3.1.0",
-        "info": {"title": "TokenOps API", "version": env!("CARGO_PKG_VERSION")},
-        "servers": [{"url": base_url}],
-        "paths": paths,
-        "components": {
-            "securitySchemes": {"accessKey": {"type": "http", "scheme": "bearer"}},
-            "schemas": schemas(),
-        }
-    })
-}
+pub use crate::openapi::openapi;

@@ -9,7 +9,7 @@ use tokenops::config::Ctx;
 use tokenops::error::{ApiError, TaskError};
 use tokenops::http::{ApiRequest, ApiResponse};
 use tokenops::ids::{now_rfc3339, run_object_id};
-use tokenops::model::{QueueState, RunMessage};
+use tokenops::model::{QueueHeartbeat, QueueMonitor, QueueState, RunMessage};
 use tokenops::ports::{Delivery, Orchestrator, RunQueue};
 use tokenops::proof::jcs;
 use tokenops::run_state::{RunState, Transition};
@@ -35,15 +35,18 @@ pub async fn handle<S: Store, Q: RunQueue>(
                 stats.oldest_age_seconds = stats
                     .oldest_age_seconds
                     .max(tokenops::queue::oldest_pending_age_secs(&ctx.store).await?);
-                let hb = ctx
+                let consumer_heartbeat = ctx
                     .store
                     .get(&heartbeat_key())
                     .await?
-                    .map(|i| i.doc)
-                    .unwrap_or(serde_json::Value::Null);
+                    .map(|i| i.decode())
+                    .transpose()?;
                 Ok(ApiResponse::json(
                     200,
-                    &json!({"queue": stats, "consumer_heartbeat": hb}),
+                    &QueueMonitor {
+                        queue: stats,
+                        consumer_heartbeat,
+                    },
                 ))
             }
             other => Err(ApiError::internal(format!("queue does not serve {other}"))),
@@ -169,13 +172,16 @@ pub async fn consume<S: Store, O: Orchestrator>(
             }
         }
     }
-    let hb = Item::new(
-        heartbeat_key(),
-        "heartbeat",
-        None,
-        json!({"at": now_rfc3339(), "last_batch": batch.len(), "last_batch_failures": failed.len()}),
-    );
-    if let Err(e) = ctx.store.transact(vec![Write::put(hb)]).await {
+    let hb = QueueHeartbeat {
+        at: now_rfc3339(),
+        last_batch: batch.len() as u64,
+        last_batch_failures: failed.len() as u64,
+    };
+    let written = match Item::of(heartbeat_key(), "heartbeat", None, &hb) {
+        Ok(item) => ctx.store.transact(vec![Write::put(item)]).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = written {
         tracing::warn!(error = %e, "heartbeat not written");
     }
     failed
