@@ -35,6 +35,8 @@ pub struct Param {
     pub name: &'static str,
     pub required: bool,
     pub description: &'static str,
+    /// A regex the value must match, if the handler parses it.
+    pub pattern: Option<&'static str>,
 }
 
 /// How one route is described: keyed by its method and path pattern, like [`ROUTES`].
@@ -131,9 +133,9 @@ pub const OPERATIONS: &[Operation] = &[
         summary: "The provider's signed payment confirmation (webhook); funds the entitlement once",
         request: Some(s::<ProviderConfirmation>()), idempotent: true,
         params: &[
-            Param { location: "header", name: "webhook-id", required: true, description: "Standard Webhooks message id" },
-            Param { location: "header", name: "webhook-timestamp", required: true, description: "Unix seconds" },
-            Param { location: "header", name: "webhook-signature", required: true, description: "v1,<base64 HMAC-SHA256> with the provider's secret" },
+            Param { location: "header", name: "webhook-id", required: true, description: "Standard Webhooks message id", pattern: None },
+            Param { location: "header", name: "webhook-timestamp", required: true, description: "Unix seconds", pattern: Some("^[0-9]{1,18}$") },
+            Param { location: "header", name: "webhook-signature", required: true, description: "v1,<base64 HMAC-SHA256> with the provider's secret", pattern: None },
         ],
         responses: &[ok(200, "Confirmed (a redelivery returns the first confirmation)", s::<SettlementConfirmation>())],
         problems: WRITE },
@@ -188,7 +190,7 @@ pub const OPERATIONS: &[Operation] = &[
     Operation { method: "GET", path: "/ledger", operation_id: "getLedger",
         summary: "The caller's hash-chained ledger (exportable; verify offline with `tokenops verify ledger`)",
         request: None, idempotent: false,
-        params: &[Param { location: "query", name: "run_id", required: false, description: "Only this run's entries" }],
+        params: &[Param { location: "query", name: "run_id", required: false, description: "Only this run's entries", pattern: None }],
         responses: &[ok(200, "The chain", s::<LedgerView>())], problems: &[401, 503] },
     Operation { method: "GET", path: "/ledger/verify", operation_id: "verifyLedger",
         summary: "Verify the caller's ledger chain",
@@ -322,9 +324,13 @@ fn operation_object(
             "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"}}));
     }
     for p in op.params {
+        let mut schema = json!({"type": "string"});
+        if let Some(re) = p.pattern {
+            schema["pattern"] = json!(re);
+        }
         params.push(
             json!({"name": p.name, "in": p.location, "required": p.required,
-            "description": p.description, "schema": {"type": "string"}}),
+            "description": p.description, "schema": schema}),
         );
     }
     let mut responses = Map::new();
