@@ -206,6 +206,24 @@ pub const OPERATIONS: &[Operation] = &[
         responses: &[ok(200, "The keys", s::<KeySet>())], problems: &[] },
 ];
 
+/// An OpenAPI link: a value of one operation's response that another operation takes. The claim
+/// needs the token shown once, which only this link carries (a wrong token is a 404 by design).
+pub struct Link {
+    pub from: &'static str,
+    pub status: u16,
+    pub to: &'static str,
+    pub parameters: &'static [(&'static str, &'static str)],
+    pub request_body: Option<(&'static str, &'static str)>,
+}
+
+pub const LINKS: &[Link] = &[Link {
+    from: "createAgent",
+    status: 201,
+    to: "claimCredentials",
+    parameters: &[("agent_id", "$response.body#/agent_id")],
+    request_body: Some(("claim_token", "$response.body#/claim_token")),
+}];
+
 pub fn operation_for(route: &Route) -> Option<&'static Operation> {
     OPERATIONS
         .iter()
@@ -342,6 +360,21 @@ fn operation_object(
                 "description": "Present (`true`) when this is the stored response to an earlier request with the same Idempotency-Key",
                 "required": false, "schema": {"type": "string", "enum": ["true"]}}});
         }
+        let links: Map<String, Value> = LINKS
+            .iter()
+            .filter(|l| l.from == op.operation_id && l.status == r.status)
+            .map(|l| {
+                let mut link = json!({"operationId": l.to,
+                    "parameters": l.parameters.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<Map<_, _>>()});
+                if let Some((k, v)) = l.request_body {
+                    link["requestBody"] = json!({ k: v });
+                }
+                (l.to.to_string(), link)
+            })
+            .collect();
+        if !links.is_empty() {
+            o["links"] = Value::Object(links);
+        }
         responses.insert(r.status.to_string(), o);
     }
     let problem = schema_value(resp, s::<ApiError>());
@@ -464,6 +497,16 @@ mod tests {
         }
         let ids: BTreeSet<&str> = OPERATIONS.iter().map(|o| o.operation_id).collect();
         assert_eq!(ids.len(), OPERATIONS.len(), "operationIds must be unique");
+        for l in LINKS {
+            let from = OPERATIONS.iter().find(|o| o.operation_id == l.from);
+            assert!(
+                from.is_some_and(|o| o.responses.iter().any(|r| r.status == l.status)),
+                "link from {} {}",
+                l.from,
+                l.status
+            );
+            assert!(ids.contains(l.to), "link to {}", l.to);
+        }
     }
 
     fn ops(doc: &Value) -> Vec<(String, String, &Value)> {
