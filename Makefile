@@ -11,7 +11,8 @@ serve:
 
 # Every test: builds all binaries, installs the Python tools into .venv, starts moto +
 # `tokenops emulator`, runs `cargo test --workspace` against them, stops them, then runs
-# scripts/check-infra (scripts/test-all).
+# scripts/schemathesis (the OpenAPI document against `tokenops serve`) and scripts/check-infra
+# (scripts/test-all).
 test:
 	scripts/test-all
 

@@ -30,7 +30,8 @@ pub const PROBLEM_BASE: &str = "https://tokenops.dev/problems/";
 /// RFC 9457 problem details (`type`, `title`, `status`, `detail`); `field` names the offending
 /// input where there is one. `headers` are response headers the problem needs beside its body
 /// (`WWW-Authenticate` on 401, `Allow` on 405, `Retry-After` on 503); they are not serialized.
-#[derive(Debug, Clone, Serialize, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, Serialize, PartialEq, thiserror::Error, schemars::JsonSchema)]
+#[schemars(rename = "Problem")]
 #[error("{status} {kind}: {detail}")]
 pub struct ApiError {
     /// Serialized as `type`, the stable URI [`PROBLEM_BASE`]`<kind>` (see [`ApiError::type_uri`]).

@@ -7,6 +7,7 @@
 //! - [`proof`]: RFC 8785 digests, the hash-chained ledger, DSSE/in-toto, Standard Webhooks;
 //! - [`store`], [`ports`], [`queue`], [`provider`]: the ports and their adapters;
 //! - [`http`], [`api`]: the HTTP edge shared by API-facing functions;
+//! - [`manifest`], [`openapi`]: discovery — the manifest and the OpenAPI document;
 //! - [`error`]: one error type per layer.
 
 pub mod api;
@@ -21,6 +22,7 @@ pub mod lambda;
 pub mod manifest;
 pub mod model;
 pub mod money;
+pub mod openapi;
 pub mod ports;
 pub mod proof;
 pub mod provider;

@@ -39,10 +39,16 @@ pub const PATH: [&str; 14] = [
 #[serde(deny_unknown_fields)]
 pub struct AgentManifest {
     pub name: String,
+    /// An email address.
+    #[schemars(length(max = 254))]
     pub owner_contact: String,
+    #[schemars(length(min = 1, max = 16))]
     pub requested_tools: Vec<String>,
+    /// https and public (the local runtime also allows http(s) to loopback).
+    #[schemars(length(max = 2048))]
     pub callback_url: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2000))]
     pub description: Option<String>,
 }
 
@@ -97,6 +103,8 @@ pub struct OnboardingResponse {
     pub agent_id: String,
     pub onboarding_status: String,
     pub trust_profile_id: String,
+    /// Shown once: absent when an `Idempotency-Key` replays this response.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub claim_token: String,
     pub links: BTreeMap<String, String>,
 }
@@ -149,6 +157,7 @@ pub struct SettlementRequest {
     pub provider: String,
     /// Credits to buy; at least the quote's price (default: the price).
     #[serde(default)]
+    #[schemars(range(min = 1, max = 100_000))]
     pub credits: Option<i64>,
 }
 
@@ -259,6 +268,15 @@ pub struct RunContract {
     pub created_at: String,
 }
 
+/// `POST /runs` response (202): the run is stored and queued.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+pub struct RunAccepted {
+    pub run_id: String,
+    pub state: RunState,
+    pub run_contract: RunContract,
+    pub links: BTreeMap<String, String>,
+}
+
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct QueueState {
     pub object_type: String, // "queue_state"
@@ -297,6 +315,40 @@ impl RunMessage {
             format!("{}-replay-{}", self.run_id, self.replay)
         }
     }
+}
+
+/// What the queue consumer records after each batch.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+pub struct QueueHeartbeat {
+    pub at: String,
+    pub last_batch: u64,
+    pub last_batch_failures: u64,
+}
+
+/// `GET /queue`, scoped to the caller: its own runs waiting for dispatch, the queue's service
+/// figures that carry no other agent's traffic, and the consumer's last heartbeat (null before
+/// the first).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+pub struct QueueMonitor {
+    pub runs: RunsWaiting,
+    pub queue: QueueService,
+    pub consumer_heartbeat: Option<QueueHeartbeat>,
+}
+
+/// The caller's runs waiting for dispatch.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+pub struct RunsWaiting {
+    pub pending: i64,
+    pub oldest_age_seconds: i64,
+}
+
+/// The run queue's name, redrive policy and dead-letter depth (a health signal).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+pub struct QueueService {
+    pub queue: String,
+    pub dead_letter_depth: i64,
+    pub max_receives: i64,
+    pub visibility_timeout_seconds: i64,
 }
 
 // ---------- 8: execution, exceptions, replay ----------
@@ -453,6 +505,20 @@ pub struct CallbackRecord {
     pub status: String, // "delivered" | "failed"
     pub attempts: Vec<CallbackAttempt>,
     pub updated_at: String,
+}
+
+/// `GET /ledger`: the caller's chain (optionally one run's entries) and its head.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+pub struct LedgerView {
+    pub chain_id: String,
+    pub head_hash: Option<String>,
+    pub entries: Vec<crate::proof::ledger::LedgerEntry>,
+}
+
+/// `GET /keys`: the attestation verification keys.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+pub struct KeySet {
+    pub keys: Vec<crate::proof::dsse::PublicKeyInfo>,
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]

@@ -8,7 +8,7 @@ use tokenops::config::Ctx;
 use tokenops::error::{ApiError, StoreError, TaskError};
 use tokenops::http::{ApiRequest, ApiResponse};
 use tokenops::ids::{now_rfc3339, run_object_id};
-use tokenops::model::{Attestation, TaskOutput};
+use tokenops::model::{Attestation, KeySet, TaskOutput};
 use tokenops::proof::dsse::{sign_statement, Statement, Subject};
 use tokenops::stage::{load, task_input};
 use tokenops::store::{Store, Write};
@@ -21,7 +21,9 @@ pub async fn handle<S: Store>(ctx: &Ctx<S>, req: ApiRequest) -> ApiResponse {
         match call.req.operation {
             "get_keys" => Ok(ApiResponse::json(
                 200,
-                &json!({"keys": [ctx.config.attestation_key.public_key()]}),
+                &KeySet {
+                    keys: vec![ctx.config.attestation_key.public_key()],
+                },
             )),
             "get_attestation" => {
                 let agent = call.caller.agent()?;

@@ -2,13 +2,12 @@
 //! carries the previous entry's hash). The head advances under a condition, so concurrent runs of
 //! one agent serialize cleanly. Also `GET /ledger` (the chain, exportable) and `GET /ledger/verify`.
 
-use serde_json::json;
 use tokenops::api::serve;
 use tokenops::config::Ctx;
 use tokenops::error::{ApiError, StoreError, TaskError};
 use tokenops::http::{ApiRequest, ApiResponse};
 use tokenops::ids::now_rfc3339;
-use tokenops::model::TaskOutput;
+use tokenops::model::{LedgerView, TaskOutput};
 use tokenops::proof::ledger::{link, verify_chain, EntryDraft, LedgerEntry};
 use tokenops::run_state::RunState;
 use tokenops::stage::{load, task_input};
@@ -57,13 +56,17 @@ pub async fn handle<S: Store>(ctx: &Ctx<S>, req: ApiRequest) -> ApiResponse {
                 }
                 let all = entries(&ctx.store, &agent).await?;
                 let head = all.last().map(|e| e.entry_hash.clone());
-                let shown: Vec<&LedgerEntry> = match run {
-                    Some(r) => all.iter().filter(|e| &e.run_id == r).collect(),
-                    None => all.iter().collect(),
+                let entries: Vec<LedgerEntry> = match run {
+                    Some(r) => all.into_iter().filter(|e| &e.run_id == r).collect(),
+                    None => all,
                 };
                 Ok(ApiResponse::json(
                     200,
-                    &json!({"chain_id": agent, "head_hash": head, "entries": shown}),
+                    &LedgerView {
+                        chain_id: agent,
+                        head_hash: head,
+                        entries,
+                    },
                 ))
             }
             "verify_ledger" => Ok(ApiResponse::json(

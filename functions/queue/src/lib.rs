@@ -9,7 +9,9 @@ use tokenops::config::Ctx;
 use tokenops::error::{ApiError, TaskError};
 use tokenops::http::{ApiRequest, ApiResponse};
 use tokenops::ids::{now_rfc3339, run_object_id};
-use tokenops::model::{QueueState, RunMessage};
+use tokenops::model::{
+    QueueHeartbeat, QueueMonitor, QueueService, QueueState, RunMessage, RunsWaiting,
+};
 use tokenops::ports::{Delivery, Orchestrator, Redriven, RunQueue};
 use tokenops::proof::jcs;
 use tokenops::run_state::{RunState, Transition};
@@ -48,24 +50,27 @@ pub async fn handle<S: Store, Q: RunQueue>(
                 let stats = queue.stats().await?;
                 let (pending, oldest) =
                     tokenops::queue::pending_for_agent(&ctx.store, agent).await?;
-                let hb = ctx
+                let consumer_heartbeat = ctx
                     .store
                     .get(&heartbeat_key())
                     .await?
-                    .map(|i| i.doc)
-                    .unwrap_or(serde_json::Value::Null);
+                    .map(|i| i.decode())
+                    .transpose()?;
                 Ok(ApiResponse::json(
                     200,
-                    &json!({
-                        "runs": {"pending": pending, "oldest_age_seconds": oldest},
-                        "queue": {
-                            "queue": stats.queue,
-                            "dead_letter_depth": stats.dead_letter_depth,
-                            "max_receives": stats.max_receives,
-                            "visibility_timeout_seconds": stats.visibility_timeout_seconds,
+                    &QueueMonitor {
+                        runs: RunsWaiting {
+                            pending,
+                            oldest_age_seconds: oldest,
                         },
-                        "consumer_heartbeat": hb,
-                    }),
+                        queue: QueueService {
+                            queue: stats.queue,
+                            dead_letter_depth: stats.dead_letter_depth,
+                            max_receives: stats.max_receives,
+                            visibility_timeout_seconds: stats.visibility_timeout_seconds,
+                        },
+                        consumer_heartbeat,
+                    },
                 ))
             }
             "redrive_run" => {
@@ -235,13 +240,16 @@ pub async fn consume<S: Store, O: Orchestrator>(
             }
         }
     }
-    let hb = Item::new(
-        heartbeat_key(),
-        "heartbeat",
-        None,
-        json!({"at": now_rfc3339(), "last_batch": batch.len(), "last_batch_failures": failed.len()}),
-    );
-    if let Err(e) = ctx.store.transact(vec![Write::put(hb)]).await {
+    let hb = QueueHeartbeat {
+        at: now_rfc3339(),
+        last_batch: batch.len() as u64,
+        last_batch_failures: failed.len() as u64,
+    };
+    let written = match Item::of(heartbeat_key(), "heartbeat", None, &hb) {
+        Ok(item) => ctx.store.transact(vec![Write::put(item)]).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = written {
         tracing::warn!(error = %e, "heartbeat not written");
     }
     failed

@@ -248,7 +248,12 @@ async fn create<S: Store, Q: RunQueue>(
         run_id: run_id.clone(),
         ..Default::default()
     }));
-    let body = json!({"run_id": run_id, "state": "queued", "run_contract": contract, "links": {"run": link_url(ctx, &format!("/runs/{run_id}"))}});
+    let body = RunAccepted {
+        run_id: run_id.clone(),
+        state: RunState::Queued,
+        run_contract: contract,
+        links: [("run".to_string(), link_url(ctx, &format!("/runs/{run_id}")))].into(),
+    };
     let resp = match commit(
         &ctx.store,
         call.idem.as_ref(),
