@@ -39,6 +39,14 @@ pub struct Resp {
     pub status: u16,
     pub body: Value,
     pub content_type: String,
+    /// Response headers, names lower-cased.
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
 }
 
 impl Agent {
@@ -80,6 +88,11 @@ impl Agent {
             .await
             .map_err(|e| AgentError::Transport(e.to_string()))?;
         let status = r.status().as_u16();
+        let headers = r
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .collect();
         let content_type = r
             .headers()
             .get("content-type")
@@ -94,6 +107,7 @@ impl Agent {
             status,
             body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
             content_type,
+            headers,
         })
     }
 

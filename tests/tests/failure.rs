@@ -10,6 +10,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use tokenops::store::Store;
 use tokenops_local::runtime::{Options, Runtime};
 use tokenops_local::store_gate::StoreGate;
 use tokenops_tests::{funded_agent, temp_dir, wait_delivered};
@@ -368,5 +369,212 @@ async fn the_local_operator_redrives_any_run_and_others_cannot() {
         .expect("the operator redrives");
     assert!(out.contains("callback_delivered"), "{out}");
     wait_delivered(&f.agent, &run).await;
+    rt.shutdown().await;
+}
+
+/// A queue whose sends fail, as SQS can right after the run's transaction committed.
+#[derive(Clone)]
+struct LostSends;
+
+impl tokenops::ports::RunQueue for LostSends {
+    async fn send(
+        &self,
+        _: &tokenops::model::RunMessage,
+    ) -> Result<String, tokenops::error::StoreError> {
+        Err(tokenops::error::StoreError::Unavailable(
+            "queue unreachable".into(),
+        ))
+    }
+    async fn receive(
+        &self,
+        _: usize,
+    ) -> Result<Vec<tokenops::ports::Delivery>, tokenops::error::StoreError> {
+        Ok(vec![])
+    }
+    async fn ack(&self, _: &tokenops::ports::Delivery) -> Result<(), tokenops::error::StoreError> {
+        Ok(())
+    }
+    async fn stats(&self) -> Result<tokenops::ports::QueueStats, tokenops::error::StoreError> {
+        Ok(Default::default())
+    }
+}
+
+/// A provider that loses every payment request (its process died before it confirmed).
+#[derive(Clone)]
+struct LostPayments;
+
+impl tokenops::ports::SettlementProvider for LostPayments {
+    async fn request_payment(&self, _: &tokenops::model::ProviderRoute) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+fn api_request(
+    agent: &tokenops_local::agent::Agent,
+    method: &str,
+    path: &str,
+    body: &Value,
+) -> tokenops::http::ApiRequest {
+    tokenops::http::ApiRequest {
+        method: method.into(),
+        path: path.into(),
+        headers: [
+            (
+                "authorization".to_string(),
+                format!("Bearer {}", agent.access_key.clone().unwrap()),
+            ),
+            ("content-type".to_string(), "application/json".to_string()),
+        ]
+        .into(),
+        body: body.to_string().into_bytes(),
+        ..Default::default()
+    }
+}
+
+/// Issue 8: a run committed with its pending entry but whose queue send was lost stays `queued`
+/// for ever without the relay; the relay re-sends it and it is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_whose_enqueue_was_lost_is_relayed_and_delivered() {
+    let rt = runtime_with("lost-enqueue", |_| {}).await;
+    let f = funded_agent(&rt, "lost-enqueue-agent", 2).await;
+    // The run_contract function, with the send failing after the commit.
+    let resp = run_contract::handle(
+        &rt.ctx,
+        &LostSends,
+        api_request(&f.agent, "POST", "/runs", &f.full_run()),
+    )
+    .await;
+    assert_eq!(resp.status, 503, "{}", String::from_utf8_lossy(&resp.body));
+    let pending = tokenops::queue::pending_for_agent(&rt.ctx.store, &f.agent.agent_id)
+        .await
+        .unwrap();
+    assert_eq!(pending.0, 1, "the run is committed and waiting");
+    let run_id = rt.ctx.store.query("PENDING", "run_", None).await.unwrap()[0].doc["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let still = f
+        .agent
+        .ok("GET", &format!("/runs/{run_id}"), None)
+        .await
+        .unwrap();
+    assert_eq!(still["state"], "queued", "nothing dispatched it");
+    // The relay (as the runtime runs it, with a short bound) sends it again.
+    let cfg = queue::relay::RelayConfig {
+        resend_after_ms: 0,
+        ..Default::default()
+    };
+    let sender = tokenops::ports::HttpSender::new(Duration::from_secs(5)).unwrap();
+    let report = queue::relay::tick(&rt.ctx, &rt.queue, &sender, &LostPayments, &cfg)
+        .await
+        .unwrap();
+    assert_eq!(report.resent, 1, "{report:?}");
+    wait_delivered(&f.agent, &run_id).await;
+    assert_eq!(f.receiver.verified_for(&run_id).len(), 1);
+    rt.shutdown().await;
+}
+
+/// Issue 8: a payment request whose confirmation was lost (the provider died before confirming)
+/// reaches a terminal state: the relay asks the provider again and the entitlement is funded;
+/// one that is never confirmed is failed after the bounded tries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_payment_confirmation_is_asked_for_again_or_the_request_fails() {
+    let rt = runtime_with("lost-payment", |_| {}).await;
+    let f = funded_agent(&rt, "payer-agent", 1).await;
+    let settle = |agent: &tokenops_local::agent::Agent, quote: &Value| {
+        api_request(
+            agent,
+            "POST",
+            "/settlements",
+            &json!({"quote_id": quote["quote_id"], "provider": "test_provider", "credits": 3}),
+        )
+    };
+    let quote = f
+        .agent
+        .ok("POST", "/quotes", Some(&json!({"requested_tool": "tokenops", "requested_capability": "tokenops_result_package"})))
+        .await
+        .unwrap();
+    let lost = provider_route::handle(&rt.ctx, &LostPayments, settle(&f.agent, &quote)).await;
+    assert_eq!(lost.status, 201);
+    let route = lost.json_body();
+    let ent_path = format!(
+        "/credit-entitlements/{}",
+        route["credit_entitlement_id"].as_str().unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let waiting = f.agent.ok("GET", &ent_path, None).await.unwrap();
+    assert_eq!(waiting["status"], "awaiting_funding");
+    // The relay asks the real test provider again: funded.
+    let secret = std::fs::read_to_string(rt.data_dir.join("test_provider.secret")).unwrap();
+    let provider =
+        tokenops::provider::TestProvider::new(&rt.base_url, secret.trim(), Duration::ZERO)
+            .confirm_inline();
+    let cfg = queue::relay::RelayConfig {
+        payment_after_ms: 0,
+        max_payment_tries: 2,
+        ..Default::default()
+    };
+    let sender = tokenops::ports::HttpSender::new(Duration::from_secs(5)).unwrap();
+    let report = queue::relay::tick(&rt.ctx, &rt.queue, &sender, &provider, &cfg)
+        .await
+        .unwrap();
+    assert_eq!(report.payments_retried, 1, "{report:?}");
+    let funded = f.agent.ok("GET", &ent_path, None).await.unwrap();
+    assert_eq!(
+        (
+            funded["status"].as_str(),
+            funded["balances"]["funded"].as_i64()
+        ),
+        (Some("funded"), Some(3))
+    );
+    // Never confirmed: after the bounded tries the request fails; nothing is funded.
+    let quote2 = f
+        .agent
+        .ok("POST", "/quotes", Some(&json!({"requested_tool": "tokenops", "requested_capability": "tokenops_result_package"})))
+        .await
+        .unwrap();
+    let lost2 = provider_route::handle(&rt.ctx, &LostPayments, settle(&f.agent, &quote2)).await;
+    let route2 = lost2.json_body();
+    for _ in 0..3 {
+        queue::relay::tick(&rt.ctx, &rt.queue, &sender, &LostPayments, &cfg)
+            .await
+            .unwrap();
+    }
+    let ent2 = f
+        .agent
+        .ok(
+            "GET",
+            &format!(
+                "/credit-entitlements/{}",
+                route2["credit_entitlement_id"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (ent2["status"].as_str(), ent2["balances"]["funded"].as_i64()),
+        (Some("failed"), Some(0))
+    );
+    let stl = f
+        .agent
+        .ok(
+            "GET",
+            &format!("/settlements/{}", route2["settlement_id"].as_str().unwrap()),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(stl["status"], "failed");
+    assert!(
+        rt.ctx
+            .store
+            .query("PAYREQ", "stl_", None)
+            .await
+            .unwrap()
+            .is_empty(),
+        "no payment request left open"
+    );
     rt.shutdown().await;
 }

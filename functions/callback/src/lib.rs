@@ -148,6 +148,8 @@ async fn redeliver<S: Store, C: CallbackSender>(
             .await?
             .decode()?;
     let secret = agent_secret(&ctx.store, &agent).await?;
+    // Asked for explicitly: send again even if an earlier attempt was delivered.
+    record.status = "redelivery_requested".into();
     let delivered = deliver(ctx, sender, &mut record, &secret, &agent).await?;
     let mut writes = vec![tokenops::store::Write::put(record_item(&record, &agent)?)];
     if delivered && rec.payload.state == RunState::CallbackFailed {
