@@ -36,6 +36,10 @@ enum Cmd {
         /// Fault injection for the resume test: exit right after this ASL state's checkpoint.
         #[arg(long, hide = true)]
         crash_after_state: Option<String>,
+        /// The relay's bound: outbox entries (runs not dispatched, payments not confirmed,
+        /// failures not handled) older than this are acted on again.
+        #[arg(long, default_value_t = 30)]
+        relay_after_secs: u64,
     },
     /// Play an agent through all 14 stages (and the evidence-gap path) on a fresh data dir.
     ReferenceRun {
@@ -137,6 +141,7 @@ async fn main() -> ExitCode {
             port,
             data_dir,
             crash_after_state,
+            relay_after_secs,
         } => {
             init_logs("info,dynoxide=error");
             let mut opts = Options::new(data_dir, port);
@@ -144,6 +149,14 @@ async fn main() -> ExitCode {
                 crash_after_state,
                 ..Default::default()
             };
+            let after_ms = (relay_after_secs * 1000) as i64;
+            opts.relay = tokenops_local::runtime::RelayConfig {
+                resend_after_ms: after_ms,
+                payment_after_ms: after_ms,
+                failing_after_ms: after_ms,
+                ..Default::default()
+            };
+            opts.relay_interval = std::time::Duration::from_secs(relay_after_secs.clamp(1, 5));
             let rt = match Runtime::start(opts).await {
                 Ok(rt) => rt,
                 Err(e) => {

@@ -22,6 +22,8 @@ use crate::orchestrator::{Faults, LocalOrchestrator};
 use crate::store_gate::StoreGate;
 
 pub const TABLE: &str = "tokenops";
+pub use queue::relay::RelayConfig;
+
 pub const QUEUE: &str = "runs";
 pub const OPERATOR_KEY_FILE: &str = "operator.key";
 

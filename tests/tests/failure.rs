@@ -67,6 +67,11 @@ async fn a_store_outage_longer_than_the_old_retry_budget_strands_no_run() {
         .unwrap();
     assert_eq!(during.status, 503, "{}", during.body);
     assert_eq!(
+        during.header("retry-after"),
+        Some("1"),
+        "503 says when to retry"
+    );
+    assert_eq!(
         during.body["status"]
             .as_u64()
             .or(during.body["status_code"].as_u64()),
@@ -576,5 +581,66 @@ async fn a_lost_payment_confirmation_is_asked_for_again_or_the_request_fails() {
             .is_empty(),
         "no payment request left open"
     );
+    rt.shutdown().await;
+}
+
+/// Redrive takes the released hold again first: if the credits went elsewhere meanwhile, it is
+/// refused (409 insufficient-credits) and the run stays failed, nothing moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redrive_without_the_credits_is_refused_and_moves_nothing() {
+    let rt = runtime_with("redrive-broke", |_| {}).await;
+    let f = funded_agent(&rt, "broke-agent", 1).await;
+    rt.orchestrator_faults
+        .fail_stage("usage_receipt", "Internal");
+    let r = f
+        .agent
+        .ok("POST", "/runs", Some(&f.full_run()))
+        .await
+        .unwrap();
+    let run = r["run_id"].as_str().unwrap().to_string();
+    f.agent
+        .wait(&format!("/runs/{run}"), Duration::from_secs(60), |r| {
+            r["state"] == "failed" && r["failure"]["ledgered"] == true
+        })
+        .await
+        .unwrap();
+    rt.orchestrator_faults.heal_stage("usage_receipt");
+    // The released credit pays for another run.
+    let other = f
+        .agent
+        .ok("POST", "/runs", Some(&f.full_run()))
+        .await
+        .unwrap();
+    wait_delivered(&f.agent, other["run_id"].as_str().unwrap()).await;
+    let refused = f
+        .agent
+        .call("POST", &format!("/runs/{run}/redrive"), None, Some("broke"))
+        .await
+        .unwrap();
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert_eq!(
+        refused.body["type"],
+        "https://tokenops.dev/problems/insufficient-credits"
+    );
+    let still = f
+        .agent
+        .ok("GET", &format!("/runs/{run}"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (still["state"].as_str(), still["redrives"].as_u64()),
+        (Some("failed"), Some(0))
+    );
+    let ent = f
+        .agent
+        .call(
+            "GET",
+            &format!("/credit-entitlements/{}", f.ent_id()),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(ent_balances(&ent.body), (1, 0, 0, 1), "{}", ent.body);
     rt.shutdown().await;
 }

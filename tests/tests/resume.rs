@@ -123,3 +123,178 @@ async fn runtime_killed_mid_run_resumes_on_restart() {
     second.wait().ok();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 8, "lost work after a crash": `tokenops serve` is SIGKILLed again and again while
+/// agents pay and submit runs; after the last restart every run accepted with 202 reaches
+/// `callback_delivered` and every payment request accepted with 201 ends funded — the relay
+/// re-sends what the queue never got and asks the provider again — with balances exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn repeated_kills_lose_no_run_and_no_payment() {
+    let dir = tokenops_tests::temp_dir("kills");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let serve_relaying = || {
+        Command::new(binary())
+            .args([
+                "serve",
+                "--port",
+                &port.to_string(),
+                "--relay-after-secs",
+                "2",
+                "--data-dir",
+            ])
+            .arg(&dir)
+            .env("TOKENOPS_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tokenops serve starts")
+    };
+    let mut server = serve_relaying();
+    wait_up(&base).await;
+    let receiver = Receiver::default();
+    let cb = receiver.start().await.unwrap();
+    let agent = Agent::onboard(&base, "kill-agent", &cb).await.unwrap();
+    receiver.add_secret(&agent.callback_secret);
+    let (quote, route, ent) = agent.fund(100).await.unwrap();
+    let ent_id = ent["credit_entitlement_id"].as_str().unwrap().to_string();
+    let body = agent.run_request(
+        &quote,
+        &ent,
+        full_evidence(&ent_id, route["settlement_id"].as_str().unwrap()),
+        &cb,
+    );
+    let (mut runs, mut settlements) = (Vec::new(), Vec::new());
+    let kills = 12;
+    for k in 0..kills {
+        // A burst of runs and payment requests, then a kill at a point that moves each time.
+        let mut burst = tokio::task::JoinSet::new();
+        for i in 0..4 {
+            let (agent, body) = (agent.clone(), body.clone());
+            burst.spawn(async move {
+                if i == 0 {
+                    let q = agent
+                        .call("POST", "/quotes", Some(&json!({"requested_tool": "tokenops", "requested_capability": "tokenops_result_package"})), None)
+                        .await
+                        .ok()?;
+                    let s = agent
+                        .call("POST", "/settlements", Some(&json!({"quote_id": q.body["quote_id"], "provider": "test_provider", "credits": 2})), None)
+                        .await
+                        .ok()?;
+                    (s.status == 201).then(|| ("settlement", s.body["credit_entitlement_id"].as_str().unwrap_or("").to_string()))
+                } else {
+                    let r = agent.call("POST", "/runs", Some(&body), None).await.ok()?;
+                    (r.status == 202).then(|| ("run", r.body["run_id"].as_str().unwrap_or("").to_string()))
+                }
+            });
+        }
+        // Kill once the first answer is back, at a delay that moves each time: later requests
+        // of the burst, their executions, confirmations and callbacks are cut at varied points.
+        let mut done = vec![
+            tokio::time::timeout(Duration::from_secs(30), burst.join_next())
+                .await
+                .ok()
+                .flatten(),
+        ];
+        tokio::time::sleep(Duration::from_millis(15 * (k % 8))).await;
+        server.kill().ok(); // SIGKILL
+        server.wait().ok();
+        while let Some(r) = burst.join_next().await {
+            done.push(Some(r));
+        }
+        for r in done.into_iter().flatten() {
+            match r.unwrap() {
+                Some(("run", id)) => runs.push(id),
+                Some((_, id)) => settlements.push(id),
+                None => {}
+            }
+        }
+        server = serve_relaying();
+        wait_up(&base).await;
+    }
+    eprintln!(
+        "{kills} kills: {} runs and {} payment requests accepted",
+        runs.len(),
+        settlements.len()
+    );
+    assert!(!runs.is_empty() && !settlements.is_empty());
+    for run in &runs {
+        agent
+            .wait(&format!("/runs/{run}"), Duration::from_secs(120), |r| {
+                r["state"] == "callback_delivered" && r["attested"] == true
+            })
+            .await
+            .unwrap_or_else(|e| panic!("run {run} lost after the kills: {e}"));
+    }
+    for ent in &settlements {
+        agent
+            .wait(
+                &format!("/credit-entitlements/{ent}"),
+                Duration::from_secs(60),
+                |e| e["status"] == "funded",
+            )
+            .await
+            .unwrap_or_else(|e| panic!("payment {ent} never funded: {e}"));
+    }
+    let mut duplicates = 0;
+    for run in &runs {
+        let n = receiver.verified_for(run).len();
+        assert!(n >= 1);
+        duplicates += n - 1;
+    }
+    // A second delivery (same webhook-id) needs a kill during the callback's HTTP request itself.
+    eprintln!("duplicate callback deliveries: {duplicates}");
+    // Receivers dedupe by webhook-id: every delivery of a run carries the same one.
+    let raw = receiver.raw.lock().unwrap().clone();
+    for run in &runs {
+        let ids: std::collections::BTreeSet<&String> = raw
+            .iter()
+            .filter(|d| d[3].contains(run.as_str()))
+            .map(|d| &d[0])
+            .collect();
+        assert_eq!(ids.len(), 1, "run {run}: webhook-ids {ids:?}");
+    }
+    assert!(
+        duplicates <= 2,
+        "{duplicates} duplicate deliveries across {kills} kills"
+    );
+
+    // Runs committed whose 202 the kill swallowed are carried through too: nothing stays held.
+    let e = agent
+        .wait(
+            &format!("/credit-entitlements/{ent_id}"),
+            Duration::from_secs(120),
+            |e| e["balances"]["held"] == 0,
+        )
+        .await
+        .expect("every committed run finished: no credits left held");
+    let b = &e["balances"];
+    let captured = b["captured"].as_i64().unwrap();
+    assert!(captured >= runs.len() as i64, "{e}");
+    assert_eq!(b["available"].as_i64(), Some(100 - captured), "{e}");
+    // One capture per run, each reaching the ledger (the ledger stage runs after the capture).
+    let receipts = |l: &serde_json::Value| {
+        l["entries"]
+            .as_array()
+            .map(|es| {
+                es.iter()
+                    .filter(|x| x["entry_type"] == "usage_receipt")
+                    .count()
+            })
+            .unwrap_or(0) as i64
+    };
+    let ledger = agent
+        .wait("/ledger", Duration::from_secs(120), |l| {
+            receipts(l) >= captured
+        })
+        .await
+        .expect("every captured run is ledgered");
+    assert_eq!(receipts(&ledger), captured);
+    assert_eq!(
+        agent.ok("GET", "/ledger/verify", None).await.unwrap()["valid"],
+        true
+    );
+    server.kill().ok();
+    server.wait().ok();
+    let _ = std::fs::remove_dir_all(&dir);
+}

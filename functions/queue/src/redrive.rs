@@ -28,6 +28,28 @@ pub async fn redrive_run<S: Store, Q: RunQueue>(
     caller: &str,
     idem: Option<&Idem>,
 ) -> Result<ApiResponse, ApiError> {
+    // A lost optimistic lock (the failure handler still recording its callback) means: re-read.
+    for _ in 0..5 {
+        match try_redrive(ctx, queue, run_id, caller, idem).await? {
+            Some(resp) => return Ok(resp),
+            None => continue,
+        }
+    }
+    Err(ApiError::conflict(
+        "concurrent-update",
+        "state",
+        "the run changed concurrently; read it and retry",
+    ))
+}
+
+/// One attempt; `None` when the run moved between the read and the write.
+async fn try_redrive<S: Store, Q: RunQueue>(
+    ctx: &Ctx<S>,
+    queue: &Q,
+    run_id: &str,
+    caller: &str,
+    idem: Option<&Idem>,
+) -> Result<Option<ApiResponse>, ApiError> {
     let rec = match load_run(&ctx.store, run_id).await? {
         Some(r) if caller == OPERATOR || r.payload.agent_id == caller => r,
         _ => return Err(ApiError::not_found("run_id", run_id)),
@@ -51,6 +73,25 @@ pub async fn redrive_run<S: Store, Q: RunQueue>(
     let n = rec.payload.redrives + 1;
     let mut writes = Vec::new();
     if failure.hold_released {
+        let ent = ctx
+            .store
+            .get(&Key::object(&contract.credit_entitlement_id))
+            .await?
+            .ok_or_else(|| ApiError::internal("the run's entitlement is missing"))?;
+        if ent.get_num("available") < contract.credits_held {
+            return Err(ApiError::new(
+                409,
+                "insufficient-credits",
+                "Insufficient credits",
+                format!(
+                    "credit entitlement {} has {} available credits; the run needs {} again",
+                    contract.credit_entitlement_id,
+                    ent.get_num("available"),
+                    contract.credits_held
+                ),
+                Some("credit_entitlement_id"),
+            ));
+        }
         let (_, w) = tokenops::money::rehold(
             &contract.credit_entitlement_id,
             &contract.agent_id,
@@ -75,6 +116,7 @@ pub async fn redrive_run<S: Store, Q: RunQueue>(
     payload.state = failure.failed_from;
     payload.redrives = n;
     payload.failure = None;
+    payload.refresh_next_action();
     writes.push(rec.save(payload.clone())?);
     let msg = RunMessage {
         run_id: run_id.into(),
@@ -84,27 +126,8 @@ pub async fn redrive_run<S: Store, Q: RunQueue>(
     writes.push(tokenops::queue::pending_write(&msg));
     let resp = match commit(&ctx.store, idem, Commit::new(202, &payload, writes)).await {
         Ok(r) => r,
-        Err(StoreError::ConditionFailed) => {
-            // The run moved (a concurrent redrive) or the hold's condition failed.
-            let now = load_run(&ctx.store, run_id).await?;
-            if now.is_some_and(|r| r.payload.state != RunState::Failed) {
-                return Err(ApiError::conflict(
-                    "concurrent-update",
-                    "state",
-                    "the run changed concurrently (redriven already?); read it and retry",
-                ));
-            }
-            return Err(ApiError::new(
-                409,
-                "insufficient-credits",
-                "Insufficient credits",
-                format!(
-                    "credit entitlement {} no longer has the {} credits this run needs",
-                    contract.credit_entitlement_id, contract.credits_held
-                ),
-                Some("credit_entitlement_id"),
-            ));
-        }
+        // The run moved, or the credits went between the read and the write: decide again.
+        Err(StoreError::ConditionFailed) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
     if resp.header("idempotent-replayed").is_none() {
@@ -112,9 +135,9 @@ pub async fn redrive_run<S: Store, Q: RunQueue>(
         if let Err(e) = queue.send(&msg).await {
             tracing::warn!(run_id, error = %e, "redrive stored but not enqueued; the relay re-sends it");
         }
+        tracing::info!(run_id, redrive = n, from = failure.failed_from.as_str(), stage = %failure.stage, "run redriven");
     }
-    tracing::info!(run_id, redrive = n, from = failure.failed_from.as_str(), stage = %failure.stage, "run redriven");
-    Ok(resp)
+    Ok(Some(resp))
 }
 
 fn replay_of(execution: &str) -> u32 {
