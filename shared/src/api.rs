@@ -215,7 +215,7 @@ async fn settle<S: Store>(
     idem: &Idem,
     res: Result<ApiResponse, ApiError>,
 ) -> Result<ApiResponse, ApiError> {
-    let settled = match &res {
+    match &res {
         Ok(resp)
             if !idem.stored.load(Ordering::SeqCst)
                 && resp.status < 500
@@ -246,8 +246,7 @@ async fn settle<S: Store>(
             }
             res
         }
-    };
-    settled
+    }
 }
 
 /// The stored response for this key, or 422 if the key was used with another request.
