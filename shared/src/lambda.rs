@@ -241,9 +241,8 @@ impl StepFunctions {
                 .replacen(":stateMachine:", ":execution:", 1)
         )
     }
-}
 
-impl StepFunctions {
+    /// `RedriveExecution`: not redrivable (running, succeeded, redriven already) is not an error.
     pub async fn redrive_execution(
         &self,
         name: &str,
