@@ -3,7 +3,7 @@
 //! progress is checkpointed in the table after every state, so a runtime killed mid-run resumes
 //! the execution on restart (the interrupted state runs again; every stage is idempotent).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
@@ -90,7 +90,15 @@ pub struct LocalOrchestrator {
     tx: mpsc::UnboundedSender<String>,
     /// Executions a worker of this process is running now: the relay resumes only the others.
     active: Arc<Mutex<HashSet<String>>>,
+    /// Resumes of executions paused by an outage: (tries, not before). Spaced by the transient
+    /// rule and bounded, so an execution that cannot make progress stops being retried (it stays
+    /// RUNNING, visible, until a restart tries again).
+    resumes: Arc<Mutex<HashMap<String, (u32, std::time::Instant)>>>,
 }
+
+/// Resumes of one paused execution before the relay gives up on it (each resume has the whole
+/// transient budget of its own: about 5 minutes on average).
+const MAX_RESUMES: u32 = 10;
 
 fn exec_key(name: &str) -> Key {
     Key::new("EXEC", format!("EXEC#{name}"))
@@ -209,6 +217,7 @@ impl LocalOrchestrator {
             store: ctx.store.clone(),
             tx,
             active: Arc::default(),
+            resumes: Arc::default(),
         };
         let tasks = LocalTasks {
             ctx: ctx.clone(),
@@ -217,7 +226,7 @@ impl LocalOrchestrator {
         };
         let engine = Arc::new(engine);
         let faults = Arc::new(faults);
-        let active = orch.active.clone();
+        let (active, resumes) = (orch.active.clone(), orch.resumes.clone());
         tokio::spawn(async move {
             while let Some(name) = rx.recv().await {
                 if !active
@@ -227,11 +236,12 @@ impl LocalOrchestrator {
                 {
                     continue; // a worker runs it already
                 }
-                let (tasks, engine, faults, active) = (
+                let (tasks, engine, faults, active, resumes) = (
                     tasks.clone(),
                     engine.clone(),
                     faults.clone(),
                     active.clone(),
+                    resumes.clone(),
                 );
                 tokio::spawn(async move {
                     let outcome = run_execution(&tasks, &engine, &faults, &name).await;
@@ -239,6 +249,12 @@ impl LocalOrchestrator {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .remove(&name);
+                    if outcome.is_ok() {
+                        resumes
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&name);
+                    }
                     match outcome {
                         Ok(Some(failed)) => {
                             // What EventBridge does in AWS: the failure handler, at once.
@@ -276,6 +292,20 @@ impl LocalOrchestrator {
                 .contains(&name)
             {
                 continue;
+            }
+            {
+                let mut resumes = self.resumes.lock().unwrap_or_else(|p| p.into_inner());
+                let now = std::time::Instant::now();
+                let entry = resumes.entry(name.clone()).or_insert((0, now));
+                if entry.1 > now || entry.0 > MAX_RESUMES {
+                    continue;
+                }
+                entry.0 += 1;
+                if entry.0 > MAX_RESUMES {
+                    tracing::error!(execution = %name, tries = MAX_RESUMES, "relay gave up resuming this execution; it stays RUNNING until a restart");
+                    continue;
+                }
+                entry.1 = now + tokenops::backoff::Backoff::TRANSIENT.ceiling(entry.0 - 1);
             }
             tracing::info!(execution = %name, "resuming execution");
             let _ = self.tx.send(name);
