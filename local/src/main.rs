@@ -89,6 +89,14 @@ enum Cmd {
         /// Write the emulator's info JSON (API URL, endpoint, resources) to this file once ready.
         #[arg(long)]
         info_file: Option<PathBuf>,
+        /// Fire every Schedule event of the template this often (seconds) instead of its
+        /// rate(…) expression, e.g. a fast relay in tests.
+        #[arg(long)]
+        schedule_interval: Option<f64>,
+        /// How often Step Functions is polled for stopped executions, whose status-change events
+        /// the emulator delivers to the template's EventBridge rules (milliseconds).
+        #[arg(long, default_value_t = 500)]
+        execution_poll_ms: u64,
     },
     /// Run N reference loops at a concurrency and print throughput, latency and request counts.
     Bench {
@@ -243,6 +251,8 @@ async fn main() -> ExitCode {
             max_instances,
             visibility_timeout,
             info_file,
+            schedule_interval,
+            execution_poll_ms,
         } => {
             init_logs("info");
             let opts = tokenops_local::emulator::EmulatorOptions {
@@ -255,6 +265,14 @@ async fn main() -> ExitCode {
                 max_instances,
                 visibility_timeout,
                 env: Default::default(),
+                schedule_interval: match schedule_interval {
+                    Some(s) if !(s.is_finite() && s > 0.0) => {
+                        eprintln!("tokenops emulator: --schedule-interval must be positive");
+                        return ExitCode::FAILURE;
+                    }
+                    s => s.map(std::time::Duration::from_secs_f64),
+                },
+                execution_poll: std::time::Duration::from_millis(execution_poll_ms.max(50)),
             };
             let emu = match tokenops_local::emulator::Emulator::start(opts).await {
                 Ok(e) => e,

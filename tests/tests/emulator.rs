@@ -1,6 +1,8 @@
 //! The loop through the deployed shape on an emulator: HTTP API → API functions → SQS → queue
 //! function → Step Functions (moto's engine executing infra/statemachine.asl.json) → every task
-//! function binary → callback received and verified. `make test` starts moto and
+//! function binary → callback received and verified. Also the failure path as deployed: a stage
+//! failing for good → the EventBridge status-change rule (played by the emulator) → the failure
+//! handler; `POST /runs/{id}/redrive` → `RedriveExecution` (emulated); the relay schedule. `make test` starts moto and
 //! `tokenops emulator` and names the emulator's AWS endpoint in `TOKENOPS_EMULATOR`; run alone
 //! without it, these tests say so and pass (CI sets `TOKENOPS_REQUIRE_EMULATOR`, which makes a
 //! missing emulator a failure).
@@ -31,6 +33,33 @@ async fn duplicate_sqs(info: &Value, enabled: bool) -> u64 {
     let r: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(r["enabled"], enabled);
     r["duplicated_batches"].as_u64().unwrap()
+}
+
+/// Drops every pending injected fault; returns how many there were.
+async fn clear_faults(info: &Value) -> u64 {
+    let endpoint = info["endpoint_url"].as_str().unwrap();
+    let r = reqwest::Client::new()
+        .delete(format!("{endpoint}/_emulator/faults"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let v: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    v["cleared"].as_u64().unwrap()
+}
+
+async fn fired_faults(info: &Value) -> Vec<Value> {
+    let endpoint = info["endpoint_url"].as_str().unwrap();
+    let v: Value = serde_json::from_slice(
+        &reqwest::get(format!("{endpoint}/_emulator/faults"))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    v["fired"].as_array().unwrap().clone()
 }
 
 async fn add_fault(info: &Value, fault: Value) {
@@ -194,4 +223,306 @@ async fn a_poison_message_lands_in_the_dead_letter_queue_and_shows_in_get_queue(
         after["consumer_heartbeat"]["at"].is_string(),
         "heartbeat present: {after}"
     );
+}
+
+fn balances(ent: &Value) -> (i64, i64, i64, i64) {
+    let b = &ent["balances"];
+    (
+        b["funded"].as_i64().unwrap(),
+        b["available"].as_i64().unwrap(),
+        b["held"].as_i64().unwrap(),
+        b["captured"].as_i64().unwrap(),
+    )
+}
+
+/// tests/tests/failure.rs's scenario on the deployed shape: moto runs the execution, the stage
+/// fails for good (a non-retried error on every invocation, until cleared), moto marks the
+/// execution FAILED, the emulator's EventBridge delivers the status change to the queue
+/// function's rule → the failure handler. The redrive goes through the queue as deployed and
+/// ends in the emulated `RedriveExecution` (every stage again from the start, see
+/// local/src/emulator/sfn.rs): the stages that had succeeded answer without a second effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_failing_for_good_fails_the_run_and_a_redrive_delivers_it_once() {
+    let _turn = EMULATOR.lock().await;
+    let Some(info) = tokenops_tests::emulator_info().await else {
+        return;
+    };
+    duplicate_sqs(&info, false).await;
+    clear_faults(&info).await;
+    let api = info["api_url"].as_str().unwrap();
+    let endpoint = info["endpoint_url"].as_str().unwrap();
+    assert!(
+        info["event_rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["function"].as_str().unwrap().ends_with("-queue")),
+        "the emulator plays the queue function's EventBridge rule: {info}"
+    );
+    let receiver = Receiver::default();
+    let cb = receiver.start().await.unwrap();
+    let agent = Agent::onboard(api, "emulator-failing-agent", &cb)
+        .await
+        .unwrap();
+    receiver.add_secret(&agent.callback_secret);
+    let (quote, route, ent) = agent.fund(5).await.unwrap();
+    let ent_id = ent["credit_entitlement_id"].as_str().unwrap().to_string();
+    let stl = route["settlement_id"].as_str().unwrap();
+    // An error the state machine does not retry, on every invocation of the fourth stage.
+    add_fault(
+        &info,
+        json!({"function": "settlement_receipt", "error_type": "Internal", "until_cleared": true}),
+    )
+    .await;
+    let body = agent.run_request(&quote, &ent, full_evidence(&ent_id, stl), &cb);
+    let created = agent
+        .call("POST", "/runs", Some(&body), Some("fails"))
+        .await
+        .unwrap();
+    assert_eq!(created.status, 202, "{}", created.body);
+    let run = created.body["run_id"].as_str().unwrap().to_string();
+    let failed = agent
+        .wait(&format!("/runs/{run}"), Duration::from_secs(90), |r| {
+            r["state"] == "failed" && r["failure"]["callback_status"] == "delivered"
+        })
+        .await
+        .expect("the run becomes failed (EventBridge → failure handler) and the agent is told");
+    assert_eq!(failed["next_action"], "redrive_run");
+    let failure = &failed["failure"];
+    assert_eq!(failure["stage"], "settlement_receipt");
+    assert_eq!(failure["failed_from"], "result_contracted");
+    assert_eq!(
+        failure["execution"],
+        run.as_str(),
+        "the event named the execution"
+    );
+    assert_eq!(
+        failure["error"], "Internal",
+        "moto's error, carried by the event"
+    );
+    assert_eq!(failure["hold_released"], true);
+    assert_eq!(failure["ledgered"], true);
+    assert_eq!(failed["attested"], false);
+    let ticket_id = failure["exception_id"].as_str().unwrap();
+    let ticket = agent
+        .ok("GET", &format!("/exceptions/{ticket_id}"), None)
+        .await
+        .unwrap();
+    assert_eq!(ticket["exception_type"], "stage_failure");
+    assert_eq!(ticket["failed_stage"], "settlement_receipt");
+    assert!(ticket["error"].as_str().unwrap().starts_with("Internal"));
+    let ent_now = agent
+        .ok("GET", &format!("/credit-entitlements/{ent_id}"), None)
+        .await
+        .unwrap();
+    assert_eq!(balances(&ent_now), (5, 5, 0, 0), "hold released: {ent_now}");
+    let told: Vec<Value> = receiver
+        .verified_for(&run)
+        .into_iter()
+        .filter(|c| c["event_type"] == "tokenops.run.failed")
+        .collect();
+    assert_eq!(told.len(), 1, "one signed run.failed callback");
+    assert_eq!(told[0]["failure"]["stage"], "settlement_receipt");
+    let ledger = agent
+        .ok("GET", &format!("/ledger?run_id={run}"), None)
+        .await
+        .unwrap();
+    let types: Vec<&str> = ledger["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["entry_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["run_failed", "hold_release"], "{ledger}");
+    // The fault hit this run's stage (and nothing healed it: it fired, moto did not retry).
+    let fired = fired_faults(&info).await;
+    assert!(
+        fired.iter().any(|f| f["function"]
+            .as_str()
+            .unwrap()
+            .ends_with("settlement_receipt")
+            && f["payload"].as_str().unwrap().contains(&run)),
+        "{fired:?}"
+    );
+
+    // Redrive: the stage healed, the agent redrives; the same key replays; delivered, captured once.
+    assert_eq!(clear_faults(&info).await, 1);
+    let path = format!("/runs/{run}/redrive");
+    let first = agent
+        .call("POST", &path, None, Some("redrive-1"))
+        .await
+        .unwrap();
+    assert_eq!(first.status, 202, "{}", first.body);
+    assert_eq!(first.body["state"], "result_contracted");
+    let again = agent
+        .call("POST", &path, None, Some("redrive-1"))
+        .await
+        .unwrap();
+    assert_eq!((again.status, &again.body), (202, &first.body));
+    let delivered = agent
+        .wait(&format!("/runs/{run}"), Duration::from_secs(90), |r| {
+            r["state"] == "callback_delivered" && r["attested"] == true
+        })
+        .await
+        .expect("the redriven run is delivered");
+    assert_eq!(delivered["redrives"], 1);
+    assert!(delivered.get("failure").is_none());
+    let not_failed = agent
+        .call("POST", &path, None, Some("redrive-2"))
+        .await
+        .unwrap();
+    assert_eq!(not_failed.status, 409, "{}", not_failed.body);
+    let ent_after = agent
+        .ok("GET", &format!("/credit-entitlements/{ent_id}"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        balances(&ent_after),
+        (5, 4, 0, 1),
+        "captured once: {ent_after}"
+    );
+    let completed = receiver
+        .verified_for(&run)
+        .into_iter()
+        .filter(|c| c["event_type"] == "tokenops.run.completed")
+        .count();
+    assert_eq!(completed, 1, "one run.completed callback");
+    let verify = agent.ok("GET", "/ledger/verify", None).await.unwrap();
+    assert_eq!(verify["valid"], true, "{verify}");
+    // Step Functions as a client sees it: one execution, redriven once, succeeded; a second
+    // redrive is refused as AWS refuses it.
+    let sm = info["resources"]["RunPathStateMachine"]["arn"]
+        .as_str()
+        .expect("the emulator created RunPathStateMachine");
+    let exec_arn = format!("{}:{run}", sm.replacen(":stateMachine:", ":execution:", 1));
+    let sfn = tokenops_local::emulator::sfn_client(endpoint);
+    let d = sfn
+        .describe_execution()
+        .execution_arn(&exec_arn)
+        .send()
+        .await
+        .expect("DescribeExecution of the redriven execution");
+    assert_eq!(d.status().as_str(), "SUCCEEDED");
+    assert_eq!(d.redrive_count(), Some(1));
+    assert_eq!(d.execution_arn(), exec_arn);
+    let refused = sfn
+        .redrive_execution()
+        .execution_arn(&exec_arn)
+        .send()
+        .await
+        .expect_err("a succeeded execution is not redrivable");
+    use aws_sdk_sfn::error::ProvideErrorMetadata;
+    assert_eq!(refused.code(), Some("ExecutionNotRedrivable"));
+    let missing = sfn
+        .redrive_execution()
+        .execution_arn(format!("{exec_arn}-none"))
+        .send()
+        .await
+        .expect_err("no such execution");
+    assert_eq!(missing.code(), Some("ExecutionDoesNotExist"));
+}
+
+/// The relay schedule (played by the emulator: a `Scheduled Event` every `--schedule-interval`)
+/// re-sends a run whose enqueue was lost: every SQS `SendMessage` fails at the emulator's front
+/// while the run is created, so `POST /runs` stores the run (and its `PENDING` outbox entry)
+/// but answers 503; the agent does not retry. Once the relay's bound has passed (30 s), a tick
+/// sends the message again and the run is delivered, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_schedule_resends_a_run_whose_enqueue_was_lost() {
+    use tokenops::store::Store;
+    let _turn = EMULATOR.lock().await;
+    let Some(info) = tokenops_tests::emulator_info().await else {
+        return;
+    };
+    duplicate_sqs(&info, false).await;
+    clear_faults(&info).await;
+    let schedule = info["schedules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["function"].as_str().unwrap().ends_with("-queue"))
+        .cloned()
+        .expect("the emulator plays the relay schedule");
+    let period = schedule["period_seconds"].as_f64().unwrap();
+    assert!(
+        period <= 10.0,
+        "make test runs the emulator with a short --schedule-interval: {schedule}"
+    );
+    let api = info["api_url"].as_str().unwrap();
+    let endpoint = info["endpoint_url"].as_str().unwrap();
+    let table = info["resources"]["Table"]["name"].as_str().unwrap();
+    let store = tokenops::store::DynamoStore::new(tokenops::store::local_client(endpoint), table);
+    let pending = || async {
+        store
+            .query("PENDING", "run_", None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| i.key.sk)
+            .collect::<std::collections::BTreeSet<String>>()
+    };
+    let receiver = Receiver::default();
+    let cb = receiver.start().await.unwrap();
+    let agent = Agent::onboard(api, "emulator-relay-agent", &cb)
+        .await
+        .unwrap();
+    receiver.add_secret(&agent.callback_secret);
+    let (quote, route, ent) = agent.fund(2).await.unwrap();
+    let ent_id = ent["credit_entitlement_id"].as_str().unwrap().to_string();
+    let stl = route["settlement_id"].as_str().unwrap();
+    let before = pending().await;
+    add_fault(
+        &info,
+        json!({"aws_action": "AmazonSQS.SendMessage", "error_type": "InternalError",
+               "until_cleared": true}),
+    )
+    .await;
+    let body = agent.run_request(&quote, &ent, full_evidence(&ent_id, stl), &cb);
+    let lost = agent
+        .call("POST", "/runs", Some(&body), Some("lost"))
+        .await
+        .unwrap();
+    assert_eq!(lost.status, 503, "{}", lost.body);
+    assert_eq!(clear_faults(&info).await, 1);
+    assert!(
+        fired_faults(&info)
+            .await
+            .iter()
+            .any(|f| f["aws_action"] == "AmazonSQS.SendMessage"),
+        "the send was refused at the front"
+    );
+    let new: Vec<String> = pending().await.difference(&before).cloned().collect();
+    assert_eq!(
+        new.len(),
+        1,
+        "the run was stored with its outbox entry: {new:?}"
+    );
+    let run = new[0].clone();
+    let stranded = agent
+        .ok("GET", &format!("/runs/{run}"), None)
+        .await
+        .unwrap();
+    assert_eq!(stranded["state"], "queued", "{stranded}");
+    let started = std::time::Instant::now();
+    let done = agent
+        .wait(&format!("/runs/{run}"), Duration::from_secs(90), |r| {
+            r["state"] == "callback_delivered" && r["attested"] == true
+        })
+        .await
+        .expect("the relay re-sent the run and it was delivered");
+    assert_eq!(done["next_action"], "ready_for_downstream_agent");
+    eprintln!(
+        "relay: run delivered {:.1} s after its enqueue was lost",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        pending().await.is_disjoint(&[run.clone()].into()),
+        "outbox entry cleared"
+    );
+    assert_eq!(receiver.verified_for(&run).len(), 1, "one callback");
+    let e = agent
+        .ok("GET", &format!("/credit-entitlements/{ent_id}"), None)
+        .await
+        .unwrap();
+    assert_eq!(balances(&e), (2, 1, 0, 1), "captured once: {e}");
 }

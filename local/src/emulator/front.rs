@@ -4,11 +4,15 @@
 //!
 //! Control API:
 //! * `GET /_emulator/info` — what was created and where the API is (plus `external_functions`).
-//! * `POST /_emulator/faults`, `GET /_emulator/faults` — injected task failures ([`Fault`]).
+//! * `POST /_emulator/faults`, `GET /_emulator/faults` — injected task failures ([`Fault`]);
+//!   `DELETE /_emulator/faults` clears the pending ones (all, or `{"function": …}`'s).
 //! * `POST /_emulator/functions` — registers an *external function* ([`ExternalFunction`]): a
 //!   Lambda function served by any HTTP handler, e.g. a test's stub.
 //! * `POST /_emulator/duplicate-sqs {"enabled": bool}` — deliver every SQS batch twice;
 //!   `GET` reports the switch and how many batches were delivered twice.
+//!
+//! Step Functions `RedriveExecution`, which moto lacks, is answered here ([`super::sfn`]), and
+//! so is `DescribeExecution` of a redriven execution.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -25,9 +29,19 @@ use super::lambda::{Functions, Outcome};
 /// An injected task failure (tests): the next `times` invocations of `function` whose payload
 /// contains `contains` fail with `error_type`; with `after_invoke` the function runs first and
 /// its result is discarded (a lost response: the effect happened, the caller sees an error).
+/// With `until_cleared` every matching invocation fails until `DELETE /_emulator/faults`: with
+/// an error type the state machine does not retry (`Internal`), a stage that fails for good.
+///
+/// With `aws_action` instead of `function` (`"AmazonSQS.SendMessage"`, any `X-Amz-Target` of an
+/// AWS JSON protocol request reaching the front) the *AWS request* fails: HTTP 500 with
+/// `__type` = `error_type`, before it is forwarded upstream (or after, with `after_invoke`).
+/// `contains` then matches the request body.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Fault {
+    #[serde(default)]
     pub function: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_action: Option<String>,
     #[serde(default)]
     pub contains: Option<String>,
     pub error_type: String,
@@ -35,6 +49,8 @@ pub struct Fault {
     pub times: u32,
     #[serde(default)]
     pub after_invoke: bool,
+    #[serde(default)]
+    pub until_cleared: bool,
 }
 
 fn one() -> u32 {
@@ -184,27 +200,58 @@ impl Faults {
             v.push(f);
         }
     }
+    /// Adds a fault from the control API: it names a function or an AWS action, not both.
+    fn add_checked(&self, f: Fault) -> Result<(), String> {
+        match (f.function.is_empty(), &f.aws_action) {
+            (false, None) | (true, Some(_)) => {
+                self.add(f);
+                Ok(())
+            }
+            _ => Err("a fault names either a function or an aws_action".into()),
+        }
+    }
+    /// Drops the pending faults (of `function` only, when given); returns how many.
+    pub fn clear(&self, function: Option<&str>) -> usize {
+        let Ok(mut v) = self.pending.lock() else {
+            return 0;
+        };
+        let before = v.len();
+        v.retain(|f| function.is_some_and(|name| f.function != name));
+        before - v.len()
+    }
     pub fn report(&self) -> serde_json::Value {
         let pending = self.pending.lock().map(|v| v.clone()).unwrap_or_default();
         let fired = self.fired.lock().map(|v| v.clone()).unwrap_or_default();
         json!({"pending": pending, "fired": fired})
     }
-    /// Consumes one matching fault, if any.
+    /// Consumes one matching fault of a function, if any.
     fn take(&self, function: &str, payload: &[u8]) -> Option<Fault> {
-        let f = self.take_pending(function, payload)?;
+        let f = self.take_pending(payload, |f| {
+            f.aws_action.is_none()
+                && (f.function == function || function.ends_with(&format!("-{}", f.function)))
+        })?;
         if let Ok(mut fired) = self.fired.lock() {
             fired.push(json!({"function": function, "error_type": f.error_type, "payload": String::from_utf8_lossy(payload)}));
         }
         Some(f)
     }
-    fn take_pending(&self, function: &str, payload: &[u8]) -> Option<Fault> {
+    /// Consumes one matching fault of an AWS action (`X-Amz-Target`), if any.
+    fn take_action(&self, action: &str, body: &[u8]) -> Option<Fault> {
+        let f = self.take_pending(body, |f| f.aws_action.as_deref() == Some(action))?;
+        if let Ok(mut fired) = self.fired.lock() {
+            fired.push(json!({"aws_action": action, "error_type": f.error_type, "payload": String::from_utf8_lossy(body)}));
+        }
+        Some(f)
+    }
+    fn take_pending(&self, payload: &[u8], target: impl Fn(&Fault) -> bool) -> Option<Fault> {
         let mut v = self.pending.lock().ok()?;
         let text = String::from_utf8_lossy(payload);
         let i = v.iter().position(|f| {
-            f.times > 0
-                && (f.function == function || function.ends_with(&format!("-{}", f.function)))
-                && f.contains.as_deref().is_none_or(|c| text.contains(c))
+            f.times > 0 && target(f) && f.contains.as_deref().is_none_or(|c| text.contains(c))
         })?;
+        if v[i].until_cleared {
+            return Some(v[i].clone());
+        }
         v[i].times -= 1;
         let f = v[i].clone();
         if v[i].times == 0 {
@@ -226,6 +273,10 @@ pub struct Front {
     pub duplicate_sqs: Arc<std::sync::atomic::AtomicBool>,
     /// SQS batches delivered a second time (tests assert duplication really happened).
     pub duplicated_batches: Arc<std::sync::atomic::AtomicU64>,
+    /// Step Functions on the upstream (what [`super::sfn`] and [`super::events`] call).
+    pub sfn: aws_sdk_sfn::Client,
+    /// Redriven executions and their attempts ([`super::sfn`]).
+    pub lineages: super::sfn::Lineages,
 }
 
 /// What an Invoke runs.
@@ -279,7 +330,7 @@ fn response(status: u16, headers: &[(&str, &str)], body: Vec<u8>) -> Response {
     b.body(Body::from(body)).unwrap_or_default()
 }
 
-fn json_response(status: u16, v: &serde_json::Value) -> Response {
+pub fn json_response(status: u16, v: &serde_json::Value) -> Response {
     response(
         status,
         &[("content-type", "application/json")],
@@ -322,6 +373,35 @@ pub async fn handle(State(front): State<Front>, req: Request) -> Response {
             };
         }
     }
+    // Step Functions (AWS JSON 1.0: `X-Amz-Target: AWSStepFunctions.<Action>`).
+    let target = parts
+        .headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !target.is_empty() {
+        if let Some(fault) = front.faults.take_action(target, &body) {
+            tracing::info!(action = %target, error_type = %fault.error_type, after_invoke = fault.after_invoke, "injected AWS fault");
+            if fault.after_invoke {
+                let _ = forward(&front, parts, body.to_vec()).await;
+            }
+            return json_response(
+                500,
+                &json!({"__type": fault.error_type, "message": "injected by the emulator"}),
+            );
+        }
+    }
+    match target {
+        "AWSStepFunctions.RedriveExecution" => {
+            return super::sfn::redrive_execution(&front, &body).await
+        }
+        "AWSStepFunctions.DescribeExecution" => {
+            if let Some(r) = super::sfn::describe_execution(&front, &body).await {
+                return r;
+            }
+        }
+        _ => {}
+    }
     match (parts.method.as_str(), path) {
         ("GET", "/_emulator/info") => {
             let mut info = (*front.info).clone();
@@ -341,13 +421,20 @@ pub async fn handle(State(front): State<Front>, req: Request) -> Response {
         }
         ("GET", "/_emulator/faults") => return json_response(200, &front.faults.report()),
         ("POST", "/_emulator/faults") => {
-            return match serde_json::from_slice::<Fault>(&body) {
-                Ok(f) => {
-                    front.faults.add(f);
-                    json_response(201, &json!({"ok": true}))
-                }
+            let added = serde_json::from_slice::<Fault>(&body)
+                .map_err(|e| e.to_string())
+                .and_then(|f| front.faults.add_checked(f));
+            return match added {
+                Ok(()) => json_response(201, &json!({"ok": true})),
                 Err(e) => json_response(400, &json!({"message": format!("bad fault: {e}")})),
-            }
+            };
+        }
+        ("DELETE", "/_emulator/faults") => {
+            let function = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["function"].as_str().map(str::to_string));
+            let cleared = front.faults.clear(function.as_deref());
+            return json_response(200, &json!({ "cleared": cleared }));
         }
         ("POST" | "GET", "/_emulator/duplicate-sqs") => {
             use std::sync::atomic::Ordering::SeqCst;
@@ -459,6 +546,8 @@ mod tests {
             info: Arc::new(json!({"stack": "t"})),
             duplicate_sqs: Arc::default(),
             duplicated_batches: Arc::default(),
+            sfn: crate::emulator::sfn_client("http://127.0.0.1:9"),
+            lineages: Default::default(),
         }
     }
 
@@ -583,10 +672,12 @@ mod tests {
         // Injected faults apply to external functions too.
         front.faults.add(Fault {
             function: "ok".into(),
+            aws_action: None,
             contains: None,
             error_type: "Injected".into(),
             times: 1,
             after_invoke: false,
+            until_cleared: false,
         });
         let (status, failed, body) = post(&front, &invoke("ok"), json!({})).await;
         assert_eq!((status, failed), (200, true));
@@ -600,10 +691,12 @@ mod tests {
         let faults = Faults::default();
         faults.add(Fault {
             function: "usage_receipt".into(),
+            aws_action: None,
             contains: Some("run_a".into()),
             error_type: "StoreUnavailable".into(),
             times: 1,
             after_invoke: true,
+            until_cleared: false,
         });
         assert!(faults
             .take("tokenops-usage_receipt", br#"{"run_id":"run_b"}"#)
@@ -618,5 +711,75 @@ mod tests {
         assert!(faults
             .take("tokenops-usage_receipt", br#"{"run_id":"run_a"}"#)
             .is_none());
+    }
+
+    #[tokio::test]
+    async fn an_aws_action_fault_fails_the_request_at_the_front() {
+        let front = front();
+        let (status, _, _) = post(
+            &front,
+            "/_emulator/faults",
+            json!({"function": "x", "aws_action": "AmazonSQS.SendMessage", "error_type": "E"}),
+        )
+        .await;
+        assert_eq!(status, 400, "a function or an action, not both");
+        let (status, _, _) = post(
+            &front,
+            "/_emulator/faults",
+            json!({"aws_action": "AmazonSQS.SendMessage", "error_type": "InternalError",
+                   "contains": "run_a"}),
+        )
+        .await;
+        assert_eq!(status, 201);
+        let send = |body: &'static str| {
+            Request::builder()
+                .method("POST")
+                .uri("/")
+                .header("x-amz-target", "AmazonSQS.SendMessage")
+                .body(Body::from(body))
+                .unwrap()
+        };
+        // Another message: forwarded (the test upstream is unreachable: 502).
+        let r = handle(State(front.clone()), send(r#"{"MessageBody":"run_b"}"#)).await;
+        assert_eq!(r.status().as_u16(), 502);
+        let r = handle(State(front.clone()), send(r#"{"MessageBody":"run_a"}"#)).await;
+        assert_eq!(r.status().as_u16(), 500);
+        let body = to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(doc["__type"], "InternalError");
+        // Consumed, and function faults are not action faults.
+        let r = handle(State(front.clone()), send(r#"{"MessageBody":"run_a"}"#)).await;
+        assert_eq!(r.status().as_u16(), 502);
+        assert!(front.faults.take("tokenops-x", b"run_a").is_none());
+        assert_eq!(
+            front.faults.report()["fired"][0]["aws_action"],
+            "AmazonSQS.SendMessage"
+        );
+    }
+
+    #[test]
+    fn a_fault_until_cleared_fires_until_it_is_cleared() {
+        let faults = Faults::default();
+        let fault = |function: &str| Fault {
+            function: function.into(),
+            aws_action: None,
+            contains: None,
+            error_type: "Internal".into(),
+            times: 1,
+            after_invoke: false,
+            until_cleared: true,
+        };
+        faults.add(fault("settlement_receipt"));
+        faults.add(fault("ledger"));
+        for _ in 0..3 {
+            let f = faults.take("tokenops-settlement_receipt", b"{}").unwrap();
+            assert_eq!(f.error_type, "Internal");
+        }
+        assert_eq!(faults.clear(Some("settlement_receipt")), 1);
+        assert!(faults.take("tokenops-settlement_receipt", b"{}").is_none());
+        assert!(faults.take("tokenops-ledger", b"{}").is_some());
+        assert_eq!(faults.clear(None), 1);
+        assert!(faults.take("tokenops-ledger", b"{}").is_none());
+        assert_eq!(faults.report()["fired"].as_array().unwrap().len(), 4);
     }
 }

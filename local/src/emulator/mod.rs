@@ -10,10 +10,16 @@
 //! ASL file with its `DefinitionSubstitutions` filled (moto's CloudFormation ignores them); HTTP
 //! routes reach the API functions as API Gateway v2 events ([`apigw`]); an SQS event-source
 //! mapping with `ReportBatchItemFailures` feeds the queue function ([`poll_queue`]).
+//!
+//! What moto (5.2.5) lacks and the emulator plays instead: EventBridge rules on Step Functions
+//! status changes and `Schedule` events ([`events`]), and Step Functions `RedriveExecution`
+//! ([`sfn`], emulated by a new execution with the same input — read its notes).
 
 pub mod apigw;
+pub mod events;
 pub mod front;
 pub mod lambda;
+pub mod sfn;
 pub mod template;
 
 use std::collections::BTreeMap;
@@ -66,6 +72,10 @@ pub struct EmulatorOptions {
     pub visibility_timeout: Option<i64>,
     /// Extra environment for every function (after the template's).
     pub env: BTreeMap<String, String>,
+    /// Every `Schedule` event fires at this period instead of its `rate(…)` (tests: seconds).
+    pub schedule_interval: Option<Duration>,
+    /// How often Step Functions is polled for stopped executions (status-change events).
+    pub execution_poll: Duration,
 }
 
 pub struct Emulator {
@@ -334,6 +344,48 @@ impl Emulator {
                 })
             })
             .collect();
+        // EventBridge: rules on Step Functions status changes, and schedules.
+        let mut rules = Vec::new();
+        let mut schedules = Vec::new();
+        for f in &t.functions {
+            for r in &f.event_rules {
+                let name = format!("{}.{}", f.logical_id, r.event);
+                let pattern = resolver.resolve_pattern(&r.pattern, &name)?;
+                if !events::wants_status_changes(&pattern) {
+                    tracing::warn!(rule = %name, "the emulator emits only Step Functions status changes; this rule never fires");
+                    continue;
+                }
+                rules.push(events::Rule {
+                    name,
+                    function: f.name.clone(),
+                    pattern,
+                });
+            }
+            for s in &f.schedules {
+                let period = match (opts.schedule_interval, template::rate_period(&s.expression)) {
+                    (Some(p), _) | (None, Some(p)) => p,
+                    (None, None) => {
+                        return Err(up(format!(
+                            "{}.{}: {} is not a rate(…) expression; give --schedule-interval",
+                            f.logical_id, s.event, s.expression
+                        )))
+                    }
+                };
+                let rule = format!("{}-{}{}", opts.stack, f.logical_id, s.event);
+                schedules.push((
+                    f.name.clone(),
+                    format!("arn:aws:events:{REGION}:{ACCOUNT}:rule/{rule}"),
+                    period,
+                ));
+            }
+        }
+        let state_machine_arns: Vec<String> = physical
+            .values()
+            .filter_map(|p| match p {
+                Physical::StateMachine { arn, .. } => Some(arn.clone()),
+                _ => None,
+            })
+            .collect();
         let physical_json: BTreeMap<String, Value> = physical
             .iter()
             .map(|(k, p)| {
@@ -362,6 +414,9 @@ impl Emulator {
             "resources": physical_json,
             "functions": functions.names(),
             "routes": routes.len(),
+            "event_rules": rules.iter().map(|r| json!({"rule": r.name, "function": r.function, "pattern": r.pattern})).collect::<Vec<_>>(),
+            "schedules": schedules.iter().map(|(f, rule, p)| json!({"rule": rule, "function": f, "period_seconds": p.as_secs_f64()})).collect::<Vec<_>>(),
+            "execution_poll_ms": opts.execution_poll.as_millis() as u64,
         });
         let front = Front {
             functions,
@@ -371,6 +426,8 @@ impl Emulator {
             info: Arc::new(info.clone()),
             duplicate_sqs: Arc::new(AtomicBool::new(false)),
             duplicated_batches: Arc::default(),
+            sfn: sfn.clone(),
+            lineages: sfn::Lineages::default(),
         };
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         serve(
@@ -406,6 +463,24 @@ impl Emulator {
                     ));
                 }
             }
+        }
+        if !rules.is_empty() {
+            tokio::spawn(events::watch_executions(
+                front.clone(),
+                state_machine_arns,
+                rules,
+                opts.execution_poll,
+                stop_rx.clone(),
+            ));
+        }
+        for (function, rule_arn, period) in schedules {
+            tokio::spawn(events::run_schedule(
+                front.clone(),
+                function,
+                rule_arn,
+                period,
+                stop_rx.clone(),
+            ));
         }
         Ok(Emulator {
             info,

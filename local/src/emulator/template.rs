@@ -64,6 +64,38 @@ pub struct FunctionSpec {
     pub routes: Vec<(String, String)>,
     /// SQS event source: (queue logical id, batch size).
     pub sqs_source: Option<(String, i32)>,
+    /// `EventBridgeRule` events: the rule's event pattern, unresolved (it may hold intrinsics).
+    pub event_rules: Vec<EventRuleSpec>,
+    /// `Schedule` events.
+    pub schedules: Vec<ScheduleSpec>,
+}
+
+#[derive(Clone, Debug)]
+pub struct EventRuleSpec {
+    /// The event's name under the function's `Events`.
+    pub event: String,
+    pub pattern: Value,
+}
+
+#[derive(Clone, Debug)]
+pub struct ScheduleSpec {
+    pub event: String,
+    /// `rate(...)` / `cron(...)`, as written.
+    pub expression: String,
+}
+
+/// A `rate(N unit)` schedule expression as a period; `None` for anything else (`cron(...)`).
+pub fn rate_period(expression: &str) -> Option<std::time::Duration> {
+    let inner = expression.trim().strip_prefix("rate(")?.strip_suffix(')')?;
+    let (n, unit) = inner.trim().split_once(' ')?;
+    let n: u64 = n.trim().parse().ok().filter(|n| *n > 0)?;
+    let secs = match unit.trim() {
+        "minute" | "minutes" => 60,
+        "hour" | "hours" => 3600,
+        "day" | "days" => 86_400,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_secs(n * secs))
 }
 
 #[derive(Clone, Debug)]
@@ -276,8 +308,11 @@ impl Template {
                     }
                     let mut routes = vec![];
                     let mut sqs_source = None;
+                    let mut event_rules = vec![];
+                    let mut schedules = vec![];
                     if let Some(events) = get(&props, "Events").and_then(Value::as_mapping) {
-                        for ev in events.values() {
+                        for (name, ev) in events {
+                            let name = name.as_str().unwrap_or_default().to_string();
                             let p = get(ev, "Properties").cloned().unwrap_or(Value::Null);
                             match str_of(get(ev, "Type")).as_deref() {
                                 Some("HttpApi") => {
@@ -299,6 +334,29 @@ impl Template {
                                         get(&p, "BatchSize").and_then(Value::as_i64).unwrap_or(10);
                                     sqs_source = Some((q, batch as i32));
                                 }
+                                Some("EventBridgeRule") => {
+                                    let pattern = get(&p, "Pattern").cloned().ok_or_else(|| {
+                                        TemplateError::Shape(format!(
+                                            "{id}.{name}: EventBridgeRule needs a Pattern"
+                                        ))
+                                    })?;
+                                    event_rules.push(EventRuleSpec {
+                                        event: name,
+                                        pattern,
+                                    });
+                                }
+                                Some("Schedule") => {
+                                    let expression =
+                                        str_of(get(&p, "Schedule")).ok_or_else(|| {
+                                            TemplateError::Shape(format!(
+                                                "{id}.{name}: Schedule needs a Schedule expression"
+                                            ))
+                                        })?;
+                                    schedules.push(ScheduleSpec {
+                                        event: name,
+                                        expression,
+                                    });
+                                }
                                 _ => {}
                             }
                         }
@@ -316,6 +374,8 @@ impl Template {
                         env,
                         routes,
                         sqs_source,
+                        event_rules,
+                        schedules,
                     });
                 }
                 _ => {}
@@ -393,6 +453,62 @@ impl Resolver<'_> {
             }
         };
         Ok(v)
+    }
+
+    /// An EventBridge event pattern with its intrinsics resolved, as JSON. Only what the
+    /// emulator's matcher understands is accepted: objects whose leaves are arrays of exact
+    /// values (strings, numbers, booleans, null). A content filter (`{"prefix": …}` and the like
+    /// inside an array) is an error naming the rule, not a rule that silently never fires.
+    pub fn resolve_pattern(
+        &self,
+        v: &Value,
+        what: &str,
+    ) -> Result<serde_json::Value, TemplateError> {
+        let shape = |reason: String| TemplateError::Unresolved {
+            what: what.into(),
+            reason,
+        };
+        match v {
+            Value::Mapping(m) => {
+                let mut out = serde_json::Map::new();
+                for (k, v) in m {
+                    let k = k
+                        .as_str()
+                        .ok_or_else(|| shape("a pattern key is not a string".into()))?;
+                    let inner = self.resolve_pattern(v, &format!("{what}.{k}"))?;
+                    if inner.is_object() || inner.is_array() {
+                        out.insert(k.to_string(), inner);
+                    } else {
+                        return Err(shape(format!(
+                            "{k}: a pattern field must be an object or an array of values"
+                        )));
+                    }
+                }
+                Ok(serde_json::Value::Object(out))
+            }
+            Value::Sequence(items) => {
+                let mut out = vec![];
+                for item in items {
+                    out.push(match item {
+                        Value::Null => serde_json::Value::Null,
+                        Value::Bool(b) => serde_json::Value::Bool(*b),
+                        Value::Number(n) => serde_json::to_value(n)
+                            .map_err(|e| shape(format!("number {n}: {e}")))?,
+                        Value::String(s) => serde_json::Value::String(s.clone()),
+                        Value::Tagged(_) => serde_json::Value::String(self.resolve(item, what)?),
+                        Value::Mapping(_) | Value::Sequence(_) => {
+                            return Err(shape(
+                                "content filters (prefix, anything-but, numeric, exists…) are not \
+                                 supported by the emulator's EventBridge"
+                                    .into(),
+                            ))
+                        }
+                    });
+                }
+                Ok(serde_json::Value::Array(out))
+            }
+            _ => Err(shape("a pattern must be an object of arrays".into())),
+        }
     }
 
     /// A value (scalar or intrinsic) as a string; `what` names it in errors.
