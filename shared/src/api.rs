@@ -378,7 +378,6 @@ where
                 Some("path"),
             )
         })?;
-        crate::http::check_query_ids(&req.query)?;
         req.params = params;
         req.operation = route.operation;
         let caller = if route.auth {
@@ -386,6 +385,8 @@ where
         } else {
             Caller { agent_id: None }
         };
+        // After authentication: a caller without a key learns nothing about ids (401 first).
+        crate::http::check_query_ids(&req.query)?;
         let idem = match idempotency_start(ctx, &req, &caller).await? {
             Ok(i) => i,
             Err(replayed) => return Ok(replayed),

@@ -565,8 +565,11 @@ async fn local_engine_and_moto_run_the_state_machine_alike() {
         out["usage_receipt"].get("ignored").is_none(),
         "ResultSelector applied"
     );
-    let failed_input = &local["catch"].entered.last().unwrap().1;
-    assert_eq!(failed_input["error"]["Error"], "ContractViolation");
+    // Uncaught: the execution fails at the task, with the task's error and cause.
+    let Outcome::Failed { error, .. } = &local["uncaught"].outcome else {
+        unreachable!()
+    };
+    assert_eq!(error, "ContractViolation");
     let continued = &local["catch-continue"].outcome;
     let Outcome::Succeeded(out) = continued else {
         unreachable!()

@@ -83,8 +83,10 @@ contract!(
 async fn a_key_the_engine_refuses_is_invalid_not_unavailable(store: DynamoStore) {
     let huge = Key::object(&format!("usage_{}", "a".repeat(2100)));
     let is_invalid = |r: &Result<(), StoreError>| matches!(r, Err(StoreError::Invalid(_)));
+    // DynamoDB and dynoxide refuse the read; moto 5.2.5's GetItem does not check the key size
+    // and finds nothing. Either way it is not "unavailable".
     let got = store.get(&huge).await.map(|_| ());
-    assert!(is_invalid(&got), "get: {got:?}");
+    assert!(is_invalid(&got) || got.is_ok(), "get: {got:?}");
     // Engines differ on a query: DynamoDB refuses it, dynoxide lists nothing; neither is a 503.
     let queried = store.query(&huge.pk, "", None).await.map(|_| ());
     assert!(
@@ -869,9 +871,11 @@ async fn idempotent_replay_runs_the_operation_once(store: DynamoStore) {
     assert_eq!(effects(&store).await, 1, "its effect happened once");
 
     // The record: keyed by scope and the key's hash, the request's hash, status, TTL, no secret.
+    // Anonymous keys are scoped by the client address (none here: "unknown").
+    let scope = format!("anon:{}", &sha256_hex(b"unknown")[..32]);
     let record = get(
         &store,
-        &Key::new(format!("IDEM#public#{}", sha256_hex(b"key-1")), "IDEM"),
+        &Key::new(format!("IDEM#{scope}#{}", sha256_hex(b"key-1")), "IDEM"),
     )
     .await
     .expect("the idempotency record");
@@ -892,22 +896,19 @@ async fn idempotent_replay_runs_the_operation_once(store: DynamoStore) {
         "the claim token is not stored"
     );
 
-    // Same key, another body — or the same body on another path: 422, nothing runs.
+    // Same key, another body: 422, nothing runs. (A provider's confirmations have a scope of
+    // their own, the provider's, so the same key there is another caller's key.)
     let other_body = json!({"name": "agent two", "callback_url": "https://example.com/cb"});
-    for reused in [
-        post("/agents", Some("key-1"), None, &other_body),
-        post("/providers/test/confirmations", Some("key-1"), None, &body),
-    ] {
-        let r = send(&ctx, &calls, reused).await;
-        assert_eq!(r.status, 422);
-        assert_eq!(r.header("content-type"), Some("application/problem+json"));
-        let p = r.json_body();
-        assert_eq!(
-            p["type"],
-            "https://tokenops.dev/problems/idempotency-key-reused"
-        );
-        assert_eq!(p["field"], "Idempotency-Key");
-    }
+    let reused = post("/agents", Some("key-1"), None, &other_body);
+    let r = send(&ctx, &calls, reused).await;
+    assert_eq!(r.status, 422);
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    let p = r.json_body();
+    assert_eq!(
+        p["type"],
+        "https://tokenops.dev/problems/idempotency-key-reused"
+    );
+    assert_eq!(p["field"], "Idempotency-Key");
     // A malformed key: 400, nothing runs.
     for bad in ["", "é", &"k".repeat(256)] {
         let r = send(&ctx, &calls, post("/agents", Some(bad), None, &body)).await;
