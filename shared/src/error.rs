@@ -186,14 +186,24 @@ impl From<StoreError> for ApiError {
                 "state",
                 "the object changed concurrently; retry the request",
             ),
-            StoreError::Unavailable(d) => ApiError::unavailable(d),
+            // SDK and engine messages go to the log; the caller learns what to do.
+            StoreError::Unavailable(d) => {
+                tracing::warn!(error = %d, "store unavailable");
+                ApiError::unavailable(
+                    "the store is temporarily unavailable; retry after the Retry-After delay \
+                     (a POST with the same Idempotency-Key)",
+                )
+            }
             // The engine's message may quote the request; it goes to the log, not the caller.
             StoreError::Invalid(d) => {
                 tracing::warn!(error = %d, "store refused a request as invalid");
                 ApiError::bad_request("request", "the request names an object that cannot exist")
             }
             StoreError::Corrupt { key, reason } => {
-                ApiError::internal(format!("stored item {key} is unreadable: {reason}"))
+                tracing::error!(key, reason, "stored item unreadable");
+                ApiError::internal(
+                    "a stored object could not be read; the operator has been told in the logs",
+                )
             }
         }
     }

@@ -425,8 +425,8 @@ async fn a_stage_failing_for_good_fails_the_run_and_a_redrive_delivers_it_once()
 /// The relay schedule (played by the emulator: a `Scheduled Event` every `--schedule-interval`)
 /// re-sends a run whose enqueue was lost: every SQS `SendMessage` fails at the emulator's front
 /// while the run is created, so `POST /runs` stores the run (and its `PENDING` outbox entry)
-/// but answers 503; the agent does not retry. Once the relay's bound has passed (30 s), a tick
-/// sends the message again and the run is delivered, once.
+/// and answers 202 — the relay owns the send from there. Once the relay's bound has passed
+/// (30 s), a tick sends the message again and the run is delivered, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_schedule_resends_a_run_whose_enqueue_was_lost() {
     use tokenops::store::Store;
@@ -482,7 +482,7 @@ async fn the_relay_schedule_resends_a_run_whose_enqueue_was_lost() {
         .call("POST", "/runs", Some(&body), Some("lost"))
         .await
         .unwrap();
-    assert_eq!(lost.status, 503, "{}", lost.body);
+    assert_eq!(lost.status, 202, "{}", lost.body);
     assert_eq!(clear_faults(&info).await, 1);
     assert!(
         fired_faults(&info)

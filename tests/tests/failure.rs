@@ -57,7 +57,13 @@ async fn a_store_outage_longer_than_the_old_retry_budget_strands_no_run() {
         runs.push(r.body["run_id"].as_str().unwrap().to_string());
     }
     // The store goes away while the runs are in flight, for longer than the old budget (7 s).
-    let outage = Duration::from_secs(15);
+    // 15 s in `make test`; longer by hand: TOKENOPS_OUTAGE_SECS=120 cargo test --test failure outage
+    let outage = Duration::from_secs(
+        std::env::var("TOKENOPS_OUTAGE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(15),
+    );
     gate.set_down(true);
     let down_at = Instant::now();
     let during = f
@@ -449,7 +455,8 @@ async fn a_run_whose_enqueue_was_lost_is_relayed_and_delivered() {
         api_request(&f.agent, "POST", "/runs", &f.full_run()),
     )
     .await;
-    assert_eq!(resp.status, 503, "{}", String::from_utf8_lossy(&resp.body));
+    // Accepted: the run and its pending entry are committed; the relay owns the send now.
+    assert_eq!(resp.status, 202, "{}", String::from_utf8_lossy(&resp.body));
     let pending = tokenops::queue::pending_for_agent(&rt.ctx.store, &f.agent.agent_id)
         .await
         .unwrap();

@@ -288,11 +288,11 @@ async fn create<S: Store, Q: RunQueue>(
                 ..Default::default()
             })
             .await
-            .map_err(|e| {
-                ApiError::unavailable(format!(
-                    "run stored but not yet enqueued ({e}); retry with the same Idempotency-Key"
-                ))
-            })?;
+            .map(|_| ())
+            .unwrap_or_else(|e| {
+                // Accepted all the same: the run is in the pending outbox, the relay sends it.
+                tracing::warn!(error = %e, "run stored but not enqueued; the relay re-sends it");
+            });
     }
     Ok(resp)
 }
@@ -493,7 +493,10 @@ async fn supply_evidence<S: Store, Q: RunQueue>(
                 ..Default::default()
             })
             .await
-            .map_err(|e| ApiError::unavailable(format!("replay stored but not enqueued: {e}")))?;
+            .map(|_| ())
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "replay stored but not enqueued; the relay re-sends it");
+            });
     }
     Ok(resp)
 }

@@ -860,7 +860,18 @@ impl Engine {
                         .position(|r| matches_error(&r.errors, &f.error))
                     {
                         Some(i) if counts[i] < retry[i].max_attempts => {
-                            tokio::time::sleep(self.scaled(retry[i].sleep_for(counts[i]))).await;
+                            let wait = self.scaled(retry[i].sleep_for(counts[i]));
+                            // An operator sees why a run is waiting (an outage shows as these).
+                            tracing::warn!(
+                                execution = %ex.name,
+                                state = name,
+                                error = %f.error,
+                                retry = counts[i] + 1,
+                                of = retry[i].max_attempts,
+                                wait_ms = wait.as_millis() as u64,
+                                "task failed; retrying"
+                            );
+                            tokio::time::sleep(wait).await;
                             counts[i] += 1;
                             *retries += 1;
                         }
