@@ -270,6 +270,24 @@ impl StepFunctions {
     }
 }
 
+/// The test provider as the Lambda functions run it: its secret from the configuration, the
+/// API's own URL, confirming before `request_payment` returns (a frozen sandbox would never run a
+/// background task).
+pub fn test_provider<S>(ctx: &Ctx<S>) -> crate::provider::TestProvider {
+    let secret = ctx
+        .config
+        .provider_secrets
+        .get(crate::provider::TEST_PROVIDER)
+        .cloned()
+        .unwrap_or_default();
+    crate::provider::TestProvider::new(
+        &ctx.config.public_base_url,
+        &secret,
+        std::time::Duration::ZERO,
+    )
+    .confirm_inline()
+}
+
 /// An EventBridge "Step Functions Execution Status Change" event for a FAILED, TIMED_OUT or
 /// ABORTED execution → what the failure handler needs. The event carries the execution's error
 /// and cause (`detail.error`, `detail.cause`); a timeout or abort has none, so its status names it.

@@ -22,7 +22,10 @@ async fn runtime_with(tag: &str, f: impl FnOnce(&mut Options)) -> Runtime {
     Runtime::start(opts).await.expect("local runtime starts")
 }
 
-fn ent_balances(v: &Value) -> (i64, i64, i64, i64) {
+/// The funded agent's entitlement: (funded, available, held, captured).
+async fn balances(f: &tokenops_tests::Funded) -> (i64, i64, i64, i64) {
+    let path = format!("/credit-entitlements/{}", f.ent_id());
+    let v = f.agent.ok("GET", &path, None).await.unwrap();
     let b = &v["balances"];
     (
         b["funded"].as_i64().unwrap(),
@@ -119,18 +122,8 @@ async fn a_store_outage_longer_than_the_old_retry_budget_strands_no_run() {
     let ids: std::collections::BTreeSet<&String> = raw.iter().map(|r| &r[0]).collect();
     assert_eq!(ids.len(), raw.len(), "a webhook-id was delivered twice");
     // Balances exact: price 1 per run.
-    let ent = f
-        .agent
-        .call(
-            "GET",
-            &format!("/credit-entitlements/{}", f.ent_id()),
-            None,
-            None,
-        )
-        .await
-        .unwrap();
-    let (funded, available, held, captured) = ent_balances(&ent.body);
-    assert_eq!((funded, held), (10, 0), "{}", ent.body);
+    let (funded, available, held, captured) = balances(&f).await;
+    assert_eq!((funded, held), (10, 0));
     assert_eq!(captured, runs.len() as i64);
     assert_eq!(available, funded - captured);
     let v = f
@@ -237,17 +230,11 @@ async fn a_run_that_fails_for_good_is_failed_released_and_redriven_once() {
         .unwrap()
         .starts_with("Internal"));
     // The hold is released: nothing is held or captured for undelivered work.
-    let ent = f
-        .agent
-        .call(
-            "GET",
-            &format!("/credit-entitlements/{}", f.ent_id()),
-            None,
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(ent_balances(&ent.body), (5, 5, 0, 0), "{}", ent.body);
+    assert_eq!(
+        balances(&f).await,
+        (5, 5, 0, 0),
+        "funded, available, held, captured"
+    );
     // The signed run.failed callback, checked by the reference library too.
     let raw = f.receiver.raw.lock().unwrap().clone();
     let failed_cb: Vec<&[String; 4]> = raw
@@ -303,22 +290,7 @@ async fn a_run_that_fails_for_good_is_failed_released_and_redriven_once() {
         .await
         .unwrap();
     assert_eq!(not_failed.status, 409, "{}", not_failed.body);
-    let ent = f
-        .agent
-        .call(
-            "GET",
-            &format!("/credit-entitlements/{}", f.ent_id()),
-            None,
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        ent_balances(&ent.body),
-        (5, 4, 0, 1),
-        "captured once: {}",
-        ent.body
-    );
+    assert_eq!(balances(&f).await, (5, 4, 0, 1), "captured once");
     // No second effect of a stage that had succeeded: the execution ran each state once,
     // but for the one that failed (a failed try, then the redriven one).
     let exec = rt.orchestrator.execution(&run).await.unwrap().unwrap();
@@ -638,16 +610,10 @@ async fn a_redrive_without_the_credits_is_refused_and_moves_nothing() {
         (still["state"].as_str(), still["redrives"].as_u64()),
         (Some("failed"), Some(0))
     );
-    let ent = f
-        .agent
-        .call(
-            "GET",
-            &format!("/credit-entitlements/{}", f.ent_id()),
-            None,
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(ent_balances(&ent.body), (1, 0, 0, 1), "{}", ent.body);
+    assert_eq!(
+        balances(&f).await,
+        (1, 0, 0, 1),
+        "funded, available, held, captured"
+    );
     rt.shutdown().await;
 }

@@ -6,7 +6,6 @@ use lambda_runtime::{run, service_fn, Diagnostic, Error, LambdaEvent};
 use serde_json::{json, Value};
 use tokenops::lambda::{self, StepFunctions};
 use tokenops::ports::HttpSender;
-use tokenops::provider::TestProvider;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -15,18 +14,7 @@ async fn main() -> Result<(), Error> {
     let orch = &StepFunctions::from_env().await?;
     let monitor = &lambda::sqs_queue_from_env().await?;
     let sender = &HttpSender::new(std::time::Duration::from_secs(10))?;
-    let secret = ctx
-        .config
-        .provider_secrets
-        .get(tokenops::provider::TEST_PROVIDER)
-        .cloned()
-        .unwrap_or_default();
-    let provider = &TestProvider::new(
-        &ctx.config.public_base_url,
-        &secret,
-        std::time::Duration::ZERO,
-    )
-    .confirm_inline();
+    let provider = &lambda::test_provider(ctx);
     let relay_cfg = &queue::relay::RelayConfig::default();
     run(service_fn(move |ev: LambdaEvent<Value>| async move {
         let ev = ev.payload;
