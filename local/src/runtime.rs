@@ -251,7 +251,7 @@ impl Runtime {
                 TEST_PROVIDER.to_string(),
                 provider_secret.clone(),
             )]),
-            attestation_key: AttestationKey::from_seed(seed),
+            signer: Some(std::sync::Arc::new(AttestationKey::from_seed(seed))),
             callback_retry: opts.callback_retry.clone(),
             idempotency_ttl_secs: 86_400,
             transient: opts.transient,

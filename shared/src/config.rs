@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::backoff::Backoff;
-use crate::proof::dsse::AttestationKey;
+use crate::proof::signer::Signer;
 
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {
@@ -20,7 +20,9 @@ pub struct Config {
     pub quote_ttl_secs: i64,
     /// provider name → webhook secret (`whsec_…`) its confirmations are signed with.
     pub provider_secrets: BTreeMap<String, String>,
-    pub attestation_key: AttestationKey,
+    /// Signs attestations. Only the attestation function holds one (the local key, or its KMS
+    /// key in AWS); every other function has `None` and so no key material or KMS permission.
+    pub signer: Option<Arc<dyn Signer>>,
     pub callback_retry: RetryPolicy,
     pub idempotency_ttl_secs: i64,
     /// The rule for transient store faults outside the ASL (checkpoints, record writes, the
@@ -31,6 +33,11 @@ pub struct Config {
 impl Config {
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.public_base_url.trim_end_matches('/'), path)
+    }
+
+    /// The attestation signer, or `None` in a process configured without one.
+    pub fn signer(&self) -> Option<&dyn Signer> {
+        self.signer.as_deref()
     }
 }
 

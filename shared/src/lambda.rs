@@ -3,6 +3,7 @@
 //! diagnostics with stable `errorType`s.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use base64::Engine;
 use serde_json::{json, Value};
@@ -11,6 +12,8 @@ use crate::config::{Config, Ctx, RetryPolicy};
 use crate::error::TaskError;
 use crate::http::{parse_query, ApiRequest, ApiResponse};
 use crate::proof::dsse::AttestationKey;
+use crate::proof::kms::KmsSigner;
+use crate::proof::signer::{SignError, Signer};
 use crate::store::DynamoStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -19,7 +22,16 @@ pub enum ConfigError {
     Missing(&'static str),
     #[error("environment variable {0} is invalid: {1}")]
     Invalid(&'static str, String),
+    #[error("attestation signer: {0}")]
+    Signer(#[from] SignError),
 }
+
+/// The attestation function's KMS key (key id, key ARN or alias): the signer in AWS.
+pub const SIGNER_KMS_KEY: &str = "ATTESTATION_KMS_KEY_ID";
+/// A local Ed25519 seed (base64 of 32 bytes) instead of KMS. Never set by the SAM template: it
+/// is for planes without an Ed25519-capable KMS — `tokenops emulator` sets it, because moto's
+/// KMS has no `ECC_NIST_EDWARDS25519` keys.
+pub const SIGNER_LOCAL_SEED: &str = "ATTESTATION_LOCAL_KEY_SEED";
 
 fn env(name: &'static str) -> Result<String, ConfigError> {
     std::env::var(name).map_err(|_| ConfigError::Missing(name))
@@ -43,7 +55,7 @@ pub async fn sqs_queue_from_env() -> Result<crate::queue::SqsQueue, ConfigError>
     ))
 }
 
-/// A 32-byte seed, base64 (the SAM template passes it from the signing key source).
+/// A 32-byte seed, base64.
 pub fn key_from_b64(name: &'static str, raw: &str) -> Result<AttestationKey, ConfigError> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(raw.trim())
@@ -54,9 +66,37 @@ pub fn key_from_b64(name: &'static str, raw: &str) -> Result<AttestationKey, Con
     Ok(AttestationKey::from_seed(seed))
 }
 
+/// The attestation signer from exactly one of [`SIGNER_KMS_KEY`] (AWS: `GetPublicKey` now, `Sign`
+/// per attestation) or [`SIGNER_LOCAL_SEED`] (a local key).
+pub async fn signer_from_env() -> Result<Arc<dyn Signer>, ConfigError> {
+    let set = |name| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    match (set(SIGNER_KMS_KEY), set(SIGNER_LOCAL_SEED)) {
+        (Some(key), None) => Ok(Arc::new(
+            KmsSigner::connect(aws_sdk_kms::Client::new(sdk().await), key.trim()).await?,
+        )),
+        (None, Some(seed)) => Ok(Arc::new(key_from_b64(SIGNER_LOCAL_SEED, &seed)?)),
+        (None, None) => Err(ConfigError::Missing(SIGNER_KMS_KEY)),
+        (Some(_), Some(_)) => Err(ConfigError::Invalid(
+            SIGNER_LOCAL_SEED,
+            format!("set either {SIGNER_KMS_KEY} or {SIGNER_LOCAL_SEED}, not both"),
+        )),
+    }
+}
+
+/// [`ctx_from_env`] plus the attestation signer ([`signer_from_env`]): the function that signs.
+pub async fn signing_ctx_from_env() -> Result<Ctx<DynamoStore>, ConfigError> {
+    let signer = signer_from_env().await?;
+    ctx_with(Some(signer)).await
+}
+
 /// Cold-start wiring shared by every function: DynamoDB client (honours `AWS_ENDPOINT_URL`) and
-/// configuration from `TABLE_NAME`, `PUBLIC_BASE_URL`, `ATTESTATION_KEY_SEED`, `TEST_PROVIDER_SECRET`.
+/// configuration from `TABLE_NAME`, `PUBLIC_BASE_URL`, `TEST_PROVIDER_SECRET`. No signer: only
+/// the attestation function signs ([`signing_ctx_from_env`]).
 pub async fn ctx_from_env() -> Result<Ctx<DynamoStore>, ConfigError> {
+    ctx_with(None).await
+}
+
+async fn ctx_with(signer: Option<Arc<dyn Signer>>) -> Result<Ctx<DynamoStore>, ConfigError> {
     let store = DynamoStore::new(
         aws_sdk_dynamodb::Client::new(sdk().await),
         &env("TABLE_NAME")?,
@@ -71,7 +111,7 @@ pub async fn ctx_from_env() -> Result<Ctx<DynamoStore>, ConfigError> {
             .is_ok_and(|v| v == "true"),
         quote_ttl_secs: 900,
         provider_secrets,
-        attestation_key: key_from_b64("ATTESTATION_KEY_SEED", &env("ATTESTATION_KEY_SEED")?)?,
+        signer,
         callback_retry: RetryPolicy {
             attempts: 4,
             base_delay_ms: 500,

@@ -16,7 +16,6 @@ use tokenops::api::{access_key_item_key, commit, serve, sha256_hex, Call, Commit
 use tokenops::config::{Config, Ctx, RetryPolicy};
 use tokenops::error::{ApiError, StoreError};
 use tokenops::http::{ApiRequest, ApiResponse};
-use tokenops::proof::dsse::AttestationKey;
 use tokenops::store::{local_client, Cond, DynamoStore, Item, Key, Store, Write};
 use tokio::task::JoinSet;
 
@@ -787,7 +786,7 @@ fn ctx(store: DynamoStore) -> Ctx<DynamoStore> {
             allow_loopback_callbacks: true,
             quote_ttl_secs: 900,
             provider_secrets: BTreeMap::new(),
-            attestation_key: AttestationKey::from_seed([7; 32]),
+            signer: None,
             callback_retry: RetryPolicy {
                 attempts: 1,
                 base_delay_ms: 1,

@@ -1,6 +1,7 @@
 //! Stage 14 — attestation: an in-toto Statement v1 whose subjects are the run's result package,
 //! result contract, usage receipt, settlement receipt and ledger head (sha256 each), in a DSSE
-//! envelope signed with Ed25519. `GET /keys` serves the public key; verification works offline.
+//! envelope signed with Ed25519 through the signing port (`ctx.config.signer`: the local key, or
+//! the KMS key in AWS). `GET /keys` serves the signer's public key; verification works offline.
 
 use serde_json::json;
 use tokenops::api::{object_item, owned_object, serve};
@@ -9,12 +10,30 @@ use tokenops::error::{ApiError, StoreError, TaskError};
 use tokenops::http::{ApiRequest, ApiResponse};
 use tokenops::ids::{now_rfc3339, run_object_id};
 use tokenops::model::{Attestation, KeySet, TaskOutput};
-use tokenops::proof::dsse::{sign_statement, Statement, Subject};
+use tokenops::proof::dsse::{sign_statement, DsseError, Statement, Subject};
+use tokenops::proof::signer::Signer;
 use tokenops::stage::{load, task_input};
 use tokenops::store::{Store, Write};
 
 pub const STAGE: &str = "attestation";
 pub const PREDICATE_TYPE: &str = "https://tokenops.dev/attestation/full-loop/v1";
+
+/// The configured signer; a process without one is misconfigured (the attestation function is
+/// started with [`tokenops::lambda::signing_ctx_from_env`]).
+fn signer<S>(ctx: &Ctx<S>) -> Result<&dyn Signer, &'static str> {
+    ctx.config
+        .signer()
+        .ok_or("no attestation signer is configured in this process")
+}
+
+/// A signing failure as a task error: a transient one (KMS throttled or unavailable) is retried
+/// by the state machine like a store outage (`StoreUnavailable` is the retried error type).
+fn sign_failure(e: DsseError) -> TaskError {
+    match e {
+        DsseError::Sign(s) if s.transient() => TaskError::StoreUnavailable(s.to_string()),
+        other => TaskError::Internal(format!("attestation signing: {other}")),
+    }
+}
 
 pub async fn handle<S: Store>(ctx: &Ctx<S>, req: ApiRequest) -> ApiResponse {
     serve(ctx, req, |call| async move {
@@ -22,7 +41,7 @@ pub async fn handle<S: Store>(ctx: &Ctx<S>, req: ApiRequest) -> ApiResponse {
             "get_keys" => Ok(ApiResponse::json(
                 200,
                 &KeySet {
-                    keys: vec![ctx.config.attestation_key.public_key()],
+                    keys: vec![signer(ctx).map_err(ApiError::internal)?.public_key()],
                 },
             )),
             "get_attestation" => {
@@ -52,6 +71,7 @@ pub async fn run_task<S: Store>(
     input: serde_json::Value,
 ) -> Result<TaskOutput, TaskError> {
     let run_id = task_input(&input)?;
+    let signer = signer(ctx).map_err(|e| TaskError::Internal(e.into()))?;
     for _ in 0..3 {
         let rec = load(&ctx.store, &run_id).await?;
         let p = &rec.payload;
@@ -95,13 +115,14 @@ pub async fn run_task<S: Store>(
             PREDICATE_TYPE,
             json!({"run_id": run_id, "agent_id": p.agent_id, "loop_type": p.loop_type, "path": p.path, "state": p.state, "credits": p.credits, "attested_at": now_rfc3339()}),
         );
-        let envelope = sign_statement(&statement, &ctx.config.attestation_key)
-            .map_err(|e| TaskError::Internal(e.to_string()))?;
+        let envelope = sign_statement(&statement, signer)
+            .await
+            .map_err(sign_failure)?;
         let att = Attestation {
             object_type: "attestation".into(),
             attestation_id: run_object_id("att", &run_id),
             run_id: run_id.clone(),
-            keyid: ctx.config.attestation_key.keyid(),
+            keyid: signer.key_id(),
             envelope,
             statement,
             created_at: now_rfc3339(),

@@ -1,4 +1,5 @@
 //! Wiring only: a Step Functions task that also serves its read routes (API Gateway v2 events).
+//! The one function that signs: its context carries the signer (the KMS key in AWS).
 
 use lambda_runtime::{run, service_fn, Diagnostic, Error, LambdaEvent};
 use serde_json::Value;
@@ -7,7 +8,7 @@ use tokenops::lambda;
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     lambda::init_logging();
-    let ctx = &lambda::ctx_from_env().await?;
+    let ctx = &lambda::signing_ctx_from_env().await?;
     run(service_fn(move |ev: LambdaEvent<Value>| async move {
         if lambda::is_apigw_v2(&ev.payload) {
             return Ok(lambda::response_to_apigw_v2(

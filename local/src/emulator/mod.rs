@@ -14,6 +14,12 @@
 //! What moto (5.2.5) lacks and the emulator plays instead: EventBridge rules on Step Functions
 //! status changes and `Schedule` events ([`events`]), and Step Functions `RedriveExecution`
 //! ([`sfn`], emulated by a new execution with the same input — read its notes).
+//!
+//! Signing: moto's KMS has no Ed25519 (`ECC_NIST_EDWARDS25519`) keys, so the function the
+//! template gives a KMS key (`ATTESTATION_KMS_KEY_ID`) gets a local key instead: a random seed
+//! per emulator start in `ATTESTATION_LOCAL_KEY_SEED`, the emulator-only setting of
+//! `tokenops::lambda::signer_from_env`. An upstream with Ed25519 KMS keys can be used by passing
+//! `ATTESTATION_KMS_KEY_ID` in [`EmulatorOptions::env`].
 
 pub mod apigw;
 pub mod events;
@@ -265,7 +271,6 @@ impl Emulator {
 
         // Functions: the template's environment resolved, then the emulator's overrides.
         let mut params = BTreeMap::from([
-            ("AttestationKeySeed".to_string(), random_b64(32)),
             (
                 "TestProviderSecret".to_string(),
                 format!("whsec_{}", random_b64(24)),
@@ -283,6 +288,7 @@ impl Emulator {
             physical: &physical,
             params: &params,
         };
+        let local_signer_seed = random_b64(32);
         let mut fns = Vec::new();
         for f in &t.functions {
             let binary = lambda::find_binary(&opts.bin_dir, &f.binary).ok_or_else(|| {
@@ -308,6 +314,14 @@ impl Emulator {
                 ),
             ];
             for (k, v) in &f.env {
+                if k == tokenops::lambda::SIGNER_KMS_KEY && !overrides.contains_key(k) {
+                    // No Ed25519 KMS upstream: the signer gets a local key (see the module doc).
+                    env.push((
+                        tokenops::lambda::SIGNER_LOCAL_SEED.to_string(),
+                        local_signer_seed.clone(),
+                    ));
+                    continue;
+                }
                 let value = match overrides.get(k) {
                     Some(o) => o.clone(),
                     None => resolver.resolve(v, &format!("{}.{k}", f.logical_id))?,

@@ -638,7 +638,7 @@ mod tests {
                 name: "tokenops-Table".into(),
             },
         );
-        let params = BTreeMap::from([("AttestationKeySeed".to_string(), "seed".to_string())]);
+        let params = BTreeMap::from([("TestProviderSecret".to_string(), "whsec_x".to_string())]);
         let r = Resolver {
             stack: "tokenops",
             physical: &physical,
@@ -649,9 +649,10 @@ mod tests {
             r.resolve(&f.env["TABLE_NAME"], "TABLE_NAME").unwrap(),
             "tokenops-Table"
         );
+        let p = t.functions.iter().find(|f| f.binary == "queue").unwrap();
         assert_eq!(
-            r.resolve(&f.env["ATTESTATION_KEY_SEED"], "x").unwrap(),
-            "seed"
+            r.resolve(&p.env["TEST_PROVIDER_SECRET"], "x").unwrap(),
+            "whsec_x"
         );
         // !If is not evaluated: the emulator must override PUBLIC_BASE_URL, and says so.
         let e = r

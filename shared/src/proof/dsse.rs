@@ -8,11 +8,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use base64::{engine::general_purpose::STANDARD as B64, Engine as _};
-use ed25519_dalek::{Signature as EdSignature, Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signature as EdSignature, Signer as _, SigningKey, VerifyingKey};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::jcs::{self, JcsError};
+use super::signer::{SignError, SignFuture, Signer};
 
 pub const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
 pub const PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
@@ -41,6 +42,8 @@ pub enum DsseError {
     BadKey(&'static str),
     #[error(transparent)]
     Jcs(#[from] JcsError),
+    #[error("signing: {0}")]
+    Sign(#[from] SignError),
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
@@ -132,11 +135,7 @@ impl PublicKeyInfo {
         let der = B64
             .decode(b64)
             .map_err(|_| DsseError::BadBase64("public_key_pem"))?;
-        let raw = der
-            .strip_prefix(&SPKI_PREFIX)
-            .and_then(|k| <[u8; 32]>::try_from(k).ok())
-            .ok_or(DsseError::BadKey("not an Ed25519 SubjectPublicKeyInfo"))?;
-        Ok(Self::from_raw(&raw))
+        Ok(Self::from_raw(&ed25519_from_spki_der(&der)?))
     }
 
     fn verifying_key(&self) -> Result<VerifyingKey, DsseError> {
@@ -150,6 +149,17 @@ impl PublicKeyInfo {
             .map_err(|_| DsseError::BadKey("public_key is not 32 bytes"))?;
         VerifyingKey::from_bytes(&raw).map_err(|_| DsseError::BadKey("not a curve point"))
     }
+}
+
+/// The raw 32-byte key of a DER Ed25519 SubjectPublicKeyInfo (RFC 8410 §4: the id-Ed25519
+/// algorithm, 1.3.101.112, without parameters; the key as the BIT STRING's content). This is the
+/// shape `openssl pkey -pubout -outform DER` writes and KMS `GetPublicKey` returns for an
+/// `ECC_NIST_EDWARDS25519` key. Any other algorithm (X25519, Ed448, an EC point) or trailing byte
+/// is refused.
+pub fn ed25519_from_spki_der(der: &[u8]) -> Result<[u8; 32], DsseError> {
+    der.strip_prefix(&SPKI_PREFIX)
+        .and_then(|k| <[u8; 32]>::try_from(k).ok())
+        .ok_or(DsseError::BadKey("not an Ed25519 SubjectPublicKeyInfo"))
 }
 
 /// Key id: `"ed25519:"` + the first 16 hex chars (64 bits) of SHA-256 over the
@@ -178,6 +188,18 @@ impl AttestationKey {
     }
 }
 
+/// The local adapter of the signing port: signs in process with the seed's key.
+impl Signer for AttestationKey {
+    fn public_key(&self) -> PublicKeyInfo {
+        AttestationKey::public_key(self)
+    }
+
+    fn sign<'a>(&'a self, message: &'a [u8]) -> SignFuture<'a> {
+        let sig = self.0.sign(message).to_bytes();
+        Box::pin(std::future::ready(Ok(sig)))
+    }
+}
+
 /// Never prints secret material.
 impl fmt::Debug for AttestationKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -200,16 +222,26 @@ pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Signs the JCS bytes of `st`, so the payload is reproducible from the statement.
-pub fn sign_statement(st: &Statement, key: &AttestationKey) -> Result<Envelope, DsseError> {
+/// Signs the JCS bytes of `st` (through the signing port, over the DSSE PAE), so the payload is
+/// reproducible from the statement. The signature is checked against the signer's published key
+/// before the envelope is returned: a signer whose key is not the one `GET /keys` serves (a
+/// replaced KMS key, a misconfigured alias) fails here instead of storing an attestation that
+/// cannot be verified.
+pub async fn sign_statement(st: &Statement, signer: &dyn Signer) -> Result<Envelope, DsseError> {
     let payload = jcs::canonical_json(st)?;
-    let sig = key.0.sign(&pae(PAYLOAD_TYPE, &payload));
+    let message = pae(PAYLOAD_TYPE, &payload);
+    let sig = signer.sign(&message).await?;
+    let public = signer.public_key();
+    public
+        .verifying_key()?
+        .verify_strict(&message, &EdSignature::from_bytes(&sig))
+        .map_err(|_| SignError::Mismatch)?;
     Ok(Envelope {
         payload: B64.encode(&payload),
         payload_type: PAYLOAD_TYPE.to_owned(),
         signatures: vec![Signature {
-            keyid: key.keyid(),
-            sig: B64.encode(sig.to_bytes()),
+            keyid: public.keyid,
+            sig: B64.encode(sig),
         }],
     })
 }
@@ -285,10 +317,10 @@ mod tests {
         assert_eq!(pae("", b""), b"DSSEv1 0  0 ");
     }
 
-    #[test]
-    fn sign_verify_roundtrip() {
+    #[tokio::test]
+    async fn sign_verify_roundtrip() {
         let k = key(7);
-        let env = sign_statement(&statement(), &k).unwrap();
+        let env = sign_statement(&statement(), &k).await.unwrap();
         assert_eq!(env.payload_type, PAYLOAD_TYPE);
         assert_eq!(env.signatures[0].keyid, k.keyid());
         assert_eq!(
@@ -317,10 +349,10 @@ mod tests {
         assert!(!format!("{k:?}").contains(&hex::encode([7u8; 32])));
     }
 
-    #[test]
-    fn tampered_payload_rejected() {
+    #[tokio::test]
+    async fn tampered_payload_rejected() {
         let k = key(7);
-        let mut env = sign_statement(&statement(), &k).unwrap();
+        let mut env = sign_statement(&statement(), &k).await.unwrap();
         let mut st = statement();
         st.subject[0]
             .digest
@@ -332,10 +364,10 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn tampered_signature_rejected() {
+    #[tokio::test]
+    async fn tampered_signature_rejected() {
         let k = key(7);
-        let mut env = sign_statement(&statement(), &k).unwrap();
+        let mut env = sign_statement(&statement(), &k).await.unwrap();
         let mut sig = B64.decode(&env.signatures[0].sig).unwrap();
         sig[10] ^= 1;
         env.signatures[0].sig = B64.encode(sig);
@@ -350,9 +382,9 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn unknown_keyid_rejected() {
-        let env = sign_statement(&statement(), &key(7)).unwrap();
+    #[tokio::test]
+    async fn unknown_keyid_rejected() {
+        let env = sign_statement(&statement(), &key(7)).await.unwrap();
         assert!(matches!(
             verify_envelope(&env, &[key(8).public_key()]),
             Err(DsseError::UnknownKey)
@@ -366,10 +398,10 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn wrong_payload_type_and_bad_payload_rejected() {
+    #[tokio::test]
+    async fn wrong_payload_type_and_bad_payload_rejected() {
         let k = key(7);
-        let mut env = sign_statement(&statement(), &k).unwrap();
+        let mut env = sign_statement(&statement(), &k).await.unwrap();
         env.payload_type = "application/json".into();
         assert!(matches!(
             verify_envelope(&env, &[k.public_key()]),
@@ -383,20 +415,20 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn validly_signed_non_statement_rejected() {
+    #[tokio::test]
+    async fn validly_signed_non_statement_rejected() {
         let k = key(7);
         let mut st = statement();
         st.type_ = "https://in-toto.io/Statement/v0.1".into();
-        let env = sign_statement(&st, &k).unwrap();
+        let env = sign_statement(&st, &k).await.unwrap();
         assert!(matches!(
             verify_envelope(&env, &[k.public_key()]),
             Err(DsseError::NotAStatement(_))
         ));
     }
 
-    #[test]
-    fn pem_roundtrip_verifies() {
+    #[tokio::test]
+    async fn pem_roundtrip_verifies() {
         let k = key(7);
         let info = k.public_key();
         assert!(info
@@ -407,7 +439,7 @@ mod tests {
             .ends_with("\n-----END PUBLIC KEY-----\n"));
         let from_pem = PublicKeyInfo::from_pem(&info.public_key_pem).unwrap();
         assert_eq!(from_pem, info);
-        let env = sign_statement(&statement(), &k).unwrap();
+        let env = sign_statement(&statement(), &k).await.unwrap();
         assert_eq!(verify_envelope(&env, &[from_pem]).unwrap(), statement());
         assert!(PublicKeyInfo::from_pem(
             "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----"
@@ -422,6 +454,71 @@ mod tests {
         let info = PublicKeyInfo::from_pem(pem).unwrap();
         assert_eq!(info.public_key_pem, pem);
         assert_eq!(B64.decode(&info.public_key).unwrap().len(), 32);
+    }
+
+    /// RFC 8410 §10.1: the example Ed25519 public key, as a DER SubjectPublicKeyInfo (the shape
+    /// KMS `GetPublicKey` returns for an `ECC_NIST_EDWARDS25519` key) → its raw 32 bytes.
+    #[test]
+    fn spki_der_to_raw_on_the_rfc8410_example() {
+        let der = B64
+            .decode("MCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=")
+            .unwrap();
+        assert_eq!(der.len(), 44);
+        assert_eq!(
+            hex::encode(ed25519_from_spki_der(&der).unwrap()),
+            "19bf44096984cdfe8541bac167dc3b96c85086aa30b6b6cb0c5c38ad703166e1"
+        );
+        // Trailing or missing bytes, X25519's OID (1.3.101.110) and an EC P-256 SPKI are refused.
+        let mut long = der.clone();
+        long.push(0);
+        assert!(ed25519_from_spki_der(&long).is_err());
+        assert!(ed25519_from_spki_der(&der[..43]).is_err());
+        let mut x25519 = der.clone();
+        x25519[8] = 0x6e;
+        assert!(ed25519_from_spki_der(&x25519).is_err());
+        let p256 = B64
+            .decode("MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEIqfnyzQE99FbFhJXjHlNUMH+A+iriQ7wuNtkukNnqRJZ4EvfPc7f9NJCSRaeloWQu9GBoSU6Zo4MAaKGsK57Lw==")
+            .unwrap();
+        assert!(ed25519_from_spki_der(&p256).is_err());
+    }
+
+    /// The port's contract on the local adapter: the signature over the PAE verifies with the
+    /// public key the signer publishes (what `GET /keys` serves), under the keyid it names.
+    #[tokio::test]
+    async fn local_signer_signs_what_its_published_key_verifies() {
+        let k = key(7);
+        let signer: &dyn Signer = &k;
+        let published = signer.public_key();
+        assert_eq!(signer.key_id(), published.keyid);
+        let env = sign_statement(&statement(), signer).await.unwrap();
+        assert_eq!(env.signatures[0].keyid, published.keyid);
+        assert_eq!(verify_envelope(&env, &[published]).unwrap(), statement());
+        let sig = signer.sign(b"message").await.unwrap();
+        let vk = VerifyingKey::from_bytes(&k.0.verifying_key().to_bytes()).unwrap();
+        assert!(vk
+            .verify_strict(b"message", &EdSignature::from_bytes(&sig))
+            .is_ok());
+    }
+
+    /// A signer whose signatures do not match the key it publishes is caught before an envelope
+    /// exists (a KMS key swapped under the configured id would otherwise sign unverifiably).
+    #[tokio::test]
+    async fn signer_publishing_another_key_is_refused() {
+        struct Swapped(AttestationKey, AttestationKey);
+        impl Signer for Swapped {
+            fn public_key(&self) -> PublicKeyInfo {
+                self.1.public_key()
+            }
+            fn sign<'a>(&'a self, message: &'a [u8]) -> SignFuture<'a> {
+                Signer::sign(&self.0, message)
+            }
+        }
+        let e = sign_statement(&statement(), &Swapped(key(7), key(8)))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, DsseError::Sign(SignError::Mismatch)), "{e}");
+        let honest = Swapped(key(7), key(7));
+        assert!(sign_statement(&statement(), &honest).await.is_ok());
     }
 
     #[test]
