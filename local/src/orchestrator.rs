@@ -115,8 +115,30 @@ fn exec_item(st: &ExecutionState) -> Result<Item, StoreError> {
 
 /// The checkpoint of an execution; a FAILED one also records the failure in the `FAILING`
 /// outbox in the same transaction, so a crash before the failure handler ran loses nothing.
+/// The index of RUNNING executions (`RUNNING/<name>`): written when an execution starts or is
+/// redriven, deleted with its final checkpoint, so the relay reads only what runs, not every
+/// execution ever.
+fn running_key(name: &str) -> Key {
+    Key::new("RUNNING", name)
+}
+
+fn running_write(name: &str) -> Write {
+    Write::put(Item::new(
+        running_key(name),
+        "running_execution",
+        None,
+        Value::Null,
+    ))
+}
+
 fn checkpoint_writes(st: &ExecutionState) -> Result<Vec<Write>, StoreError> {
     let mut writes = vec![Write::put(exec_item(st)?)];
+    if st.is_finished() {
+        writes.push(Write::Delete {
+            key: running_key(&st.name),
+            conds: vec![],
+        });
+    }
     if let ExecutionStatus::Failed { error, cause } = &st.status {
         writes.push(queue::failure::failing_write(&FailedExecution {
             execution: st.name.clone(),
@@ -133,7 +155,7 @@ impl Orchestrator for LocalOrchestrator {
         let st = ExecutionState::start(&def, name, input);
         match self
             .store
-            .transact(vec![Write::create(exec_item(&st)?)])
+            .transact(vec![Write::create(exec_item(&st)?), running_write(name)])
             .await
         {
             Ok(()) => {
@@ -157,7 +179,7 @@ impl Orchestrator for LocalOrchestrator {
             exec_item(&st)?,
             vec![Cond::AttrEq("status".into(), "FAILED".into())],
         );
-        match self.store.transact(vec![write]).await {
+        match self.store.transact(vec![write, running_write(name)]).await {
             Ok(()) => {
                 tracing::info!(execution = %name, redrive = st.redrive_count, state = st.current.as_deref().unwrap_or(""), "redriving execution");
                 let _ = self.tx.send(name.to_string());
@@ -272,6 +294,18 @@ impl LocalOrchestrator {
                 });
             }
         });
+        // Data dirs from before the RUNNING index: index what runs, once, at start.
+        let unindexed: Vec<Write> = ctx
+            .store
+            .query("EXEC", "EXEC#", None)
+            .await?
+            .iter()
+            .filter(|i| i.get_attr("status") == Some("RUNNING"))
+            .map(|i| running_write(i.key.sk.trim_start_matches("EXEC#")))
+            .collect();
+        for w in unindexed {
+            ctx.store.transact(vec![w]).await?;
+        }
         orch.resume_stalled().await?;
         Ok(orch)
     }
@@ -280,11 +314,8 @@ impl LocalOrchestrator {
     /// killed runtime) and from the relay (an execution paused by an outage). Returns how many.
     pub async fn resume_stalled(&self) -> Result<usize, StoreError> {
         let mut n = 0;
-        for item in self.store.query("EXEC", "EXEC#", None).await? {
-            if item.get_attr("status") != Some("RUNNING") {
-                continue;
-            }
-            let name = item.key.sk.trim_start_matches("EXEC#").to_string();
+        for item in self.store.query("RUNNING", "run_", None).await? {
+            let name = item.key.sk.clone();
             if self
                 .active
                 .lock()
