@@ -19,6 +19,10 @@ static EMULATOR: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Turns the emulator's "deliver every SQS batch twice" on or off (each test sets the state it
 /// needs, so a failed test cannot leave it on for the next); returns how many batches have been
 /// delivered twice so far.
+/// The emulator's faults and switches are global (a fault until cleared fails *every* matching
+/// invocation), so these tests take turns instead of failing each other's runs.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn duplicate_sqs(info: &Value, enabled: bool) -> u64 {
     let endpoint = info["endpoint_url"].as_str().unwrap();
     let body = reqwest::Client::new()
@@ -75,6 +79,7 @@ async fn add_fault(info: &Value, fault: Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reference_and_evidence_gap_scenarios_through_the_emulator() {
+    let _serial = SERIAL.lock().await;
     let _turn = EMULATOR.lock().await;
     let Some(info) = tokenops_tests::emulator_info().await else {
         return;
@@ -98,6 +103,7 @@ async fn reference_and_evidence_gap_scenarios_through_the_emulator() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicated_messages_and_retried_tasks_have_one_effect() {
+    let _serial = SERIAL.lock().await;
     let _turn = EMULATOR.lock().await;
     let Some(info) = tokenops_tests::emulator_info().await else {
         return;
@@ -120,7 +126,9 @@ async fn duplicated_messages_and_retried_tasks_have_one_effect() {
     for function in ["usage_receipt", "callback", "queue"] {
         add_fault(
             &info,
-            json!({"function": function, "error_type": "StoreUnavailable", "after_invoke": true}),
+            // The queue function also gets schedule and EventBridge events: aim at SQS batches.
+            json!({"function": function, "error_type": "StoreUnavailable", "after_invoke": true,
+                   "contains": if function == "queue" { "aws:sqs" } else { "run_id" }}),
         )
         .await;
     }
@@ -175,6 +183,7 @@ async fn duplicated_messages_and_retried_tasks_have_one_effect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_message_lands_in_the_dead_letter_queue_and_shows_in_get_queue() {
+    let _serial = SERIAL.lock().await;
     let _turn = EMULATOR.lock().await;
     let Some(info) = tokenops_tests::emulator_info().await else {
         return;
@@ -243,6 +252,7 @@ fn balances(ent: &Value) -> (i64, i64, i64, i64) {
 /// local/src/emulator/sfn.rs): the stages that had succeeded answer without a second effect.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stage_failing_for_good_fails_the_run_and_a_redrive_delivers_it_once() {
+    let _serial = SERIAL.lock().await;
     let _turn = EMULATOR.lock().await;
     let Some(info) = tokenops_tests::emulator_info().await else {
         return;
@@ -429,6 +439,7 @@ async fn a_stage_failing_for_good_fails_the_run_and_a_redrive_delivers_it_once()
 /// (30 s), a tick sends the message again and the run is delivered, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_schedule_resends_a_run_whose_enqueue_was_lost() {
+    let _serial = SERIAL.lock().await;
     use tokenops::store::Store;
     let _turn = EMULATOR.lock().await;
     let Some(info) = tokenops_tests::emulator_info().await else {
