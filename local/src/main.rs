@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use tokenops_local::orchestrator::Faults;
 use tokenops_local::runtime::{Options, Runtime};
 use tokenops_local::{bench, reference, verify};
@@ -40,6 +40,8 @@ enum Cmd {
         /// failures not handled) older than this are acted on again.
         #[arg(long, default_value_t = 30)]
         relay_after_secs: u64,
+        #[command(flatten)]
+        x402: X402Args,
     },
     /// Play an agent through all 14 stages (and the evidence-gap path) on a fresh data dir.
     ReferenceRun {
@@ -97,6 +99,10 @@ enum Cmd {
         /// the emulator delivers to the template's EventBridge rules (milliseconds).
         #[arg(long, default_value_t = 500)]
         execution_poll_ms: u64,
+        /// NAME=VALUE: a template parameter (e.g. X402FacilitatorUrl=http://127.0.0.1:4021) or
+        /// an environment variable of every function; repeatable.
+        #[arg(long = "set", value_parser = parse_set)]
+        set: Vec<(String, String)>,
     },
     /// Run N reference loops at a concurrency and print throughput, latency and request counts.
     Bench {
@@ -111,6 +117,64 @@ enum Cmd {
         #[arg(long, conflicts_with = "data_dir")]
         api: Option<String>,
     },
+}
+
+/// x402 payments (off unless a facilitator URL is given). Each flag falls back to the
+/// environment variable named in its help; README "Paying with x402" says what to set.
+#[derive(Args, Default)]
+struct X402Args {
+    /// The x402 facilitator (`POST /verify`, `POST /settle`) [env: X402_FACILITATOR_URL]
+    #[arg(long)]
+    x402_facilitator_url: Option<String>,
+    /// CAIP-2 network, eip155:<chain id> [env: X402_NETWORK]
+    #[arg(long)]
+    x402_network: Option<String>,
+    /// The EIP-3009 token contract [env: X402_ASSET]
+    #[arg(long)]
+    x402_asset: Option<String>,
+    /// The token's EIP-712 domain name [env: X402_ASSET_NAME]
+    #[arg(long)]
+    x402_asset_name: Option<String>,
+    /// The token's EIP-712 domain version [env: X402_ASSET_VERSION]
+    #[arg(long)]
+    x402_asset_version: Option<String>,
+    /// The address payments go to [env: X402_PAY_TO]
+    #[arg(long)]
+    x402_pay_to: Option<String>,
+    /// Token atomic units per credit [env: X402_ATOMIC_PER_CREDIT]
+    #[arg(long)]
+    x402_atomic_per_credit: Option<String>,
+    /// The chain's JSON-RPC URL, read-only, for the reconciler [env: X402_RPC_URL]
+    #[arg(long)]
+    x402_rpc_url: Option<String>,
+}
+
+impl X402Args {
+    fn config(
+        &self,
+    ) -> Result<Option<tokenops::x402::X402Config>, tokenops::x402::X402ConfigError> {
+        let flag = |name: &str| -> Option<String> {
+            match name {
+                "X402_FACILITATOR_URL" => self.x402_facilitator_url.clone(),
+                "X402_NETWORK" => self.x402_network.clone(),
+                "X402_ASSET" => self.x402_asset.clone(),
+                "X402_ASSET_NAME" => self.x402_asset_name.clone(),
+                "X402_ASSET_VERSION" => self.x402_asset_version.clone(),
+                "X402_PAY_TO" => self.x402_pay_to.clone(),
+                "X402_ATOMIC_PER_CREDIT" => self.x402_atomic_per_credit.clone(),
+                "X402_RPC_URL" => self.x402_rpc_url.clone(),
+                _ => None,
+            }
+        };
+        tokenops::x402::X402Config::from_lookup(|n| flag(n).or_else(|| std::env::var(n).ok()))
+    }
+}
+
+fn parse_set(raw: &str) -> Result<(String, String), String> {
+    match raw.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("'{raw}' is not NAME=VALUE")),
+    }
 }
 
 #[derive(Subcommand)]
@@ -150,9 +214,17 @@ async fn main() -> ExitCode {
             data_dir,
             crash_after_state,
             relay_after_secs,
+            x402,
         } => {
             init_logs("info,dynoxide=error");
             let mut opts = Options::new(data_dir, port);
+            opts.x402 = match x402.config() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("tokenops serve: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             opts.faults = Faults {
                 crash_after_state,
                 ..Default::default()
@@ -165,6 +237,12 @@ async fn main() -> ExitCode {
                 ..Default::default()
             };
             opts.relay_interval = std::time::Duration::from_secs(relay_after_secs.clamp(1, 5));
+            if let Some(c) = &opts.x402 {
+                eprintln!(
+                    "tokenops: x402 payments on {} ({} atomic units of {} per credit, to {}; facilitator {})",
+                    c.network, c.atomic_per_credit, c.asset, c.pay_to, c.facilitator_url
+                );
+            }
             let rt = match Runtime::start(opts).await {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -253,6 +331,7 @@ async fn main() -> ExitCode {
             info_file,
             schedule_interval,
             execution_poll_ms,
+            set,
         } => {
             init_logs("info");
             let opts = tokenops_local::emulator::EmulatorOptions {
@@ -264,7 +343,7 @@ async fn main() -> ExitCode {
                 bin_dir,
                 max_instances,
                 visibility_timeout,
-                env: Default::default(),
+                env: set.into_iter().collect(),
                 schedule_interval: match schedule_interval {
                     Some(s) if !(s.is_finite() && s > 0.0) => {
                         eprintln!("tokenops emulator: --schedule-interval must be positive");

@@ -14,6 +14,7 @@ use tokenops::proof::{dsse::AttestationKey, webhook};
 use tokenops::provider::{TestProvider, TEST_PROVIDER};
 use tokenops::queue::StoreQueue;
 use tokenops::store::{local_client, DynamoStore, Store};
+use tokenops::x402::pay::HttpX402;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -83,8 +84,9 @@ pub enum RuntimeError {
     },
     #[error("store: {0}")]
     Store(#[from] tokenops::error::StoreError),
-    #[error("callback HTTP client: {0}")]
-    CallbackClient(#[source] reqwest::Error),
+    /// The callback sender or the x402 clients could not be built (no TLS backend).
+    #[error("HTTP client: {0}")]
+    HttpClient(#[source] reqwest::Error),
 }
 
 #[derive(Clone)]
@@ -103,6 +105,8 @@ pub struct Options {
     pub transient: tokenops::backoff::Backoff,
     /// Outage tests: put a [`StoreGate`] between the runtime and its embedded engine.
     pub store_gate: Option<StoreGate>,
+    /// x402 payments (`tokenops serve --x402-*` / `X402_*`); `None`: not accepted.
+    pub x402: Option<tokenops::x402::X402Config>,
 }
 
 impl Options {
@@ -121,6 +125,7 @@ impl Options {
             relay_interval: Duration::from_secs(5),
             transient: tokenops::backoff::Backoff::TRANSIENT,
             store_gate: None,
+            x402: None,
         }
     }
 }
@@ -255,10 +260,16 @@ impl Runtime {
             callback_retry: opts.callback_retry.clone(),
             idempotency_ttl_secs: 86_400,
             transient: opts.transient,
+            x402: opts.x402.clone(),
         };
+        let x402 = opts
+            .x402
+            .as_ref()
+            .map(HttpX402::from_config)
+            .transpose()
+            .map_err(RuntimeError::HttpClient)?;
         let ctx = Ctx::new(store.clone(), config);
-        let sender =
-            HttpSender::new(Duration::from_secs(10)).map_err(RuntimeError::CallbackClient)?;
+        let sender = HttpSender::new(Duration::from_secs(10)).map_err(RuntimeError::HttpClient)?;
         let queue = StoreQueue::new(
             store.clone(),
             QUEUE,
@@ -281,6 +292,7 @@ impl Runtime {
                 queue: queue.clone(),
                 sender: sender.clone(),
                 provider: provider.clone(),
+                x402: x402.clone(),
             },
             stop_rx.clone(),
         );
@@ -296,6 +308,7 @@ impl Runtime {
                 queue: queue.clone(),
                 sender,
                 provider,
+                x402,
                 orchestrator: orchestrator.clone(),
                 cfg: opts.relay.clone(),
             },
@@ -356,6 +369,7 @@ struct Relay {
     queue: LocalQueue,
     sender: HttpSender,
     provider: TestProvider,
+    x402: Option<HttpX402>,
     orchestrator: LocalOrchestrator,
     cfg: queue::relay::RelayConfig,
 }
@@ -371,6 +385,15 @@ fn spawn_relay(r: Relay, every: Duration, mut stop: watch::Receiver<bool>) {
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "relay tick failed; next tick"),
+            }
+            if let Some(ports) = &r.x402 {
+                match tokenops::x402::pay::reconcile(&r.ctx, ports, r.cfg.x402_after_ms).await {
+                    Ok(report) if report != Default::default() => {
+                        tracing::info!(?report, "x402 reconciler tick")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "x402 reconciler failed; next tick"),
+                }
             }
             match r.orchestrator.resume_stalled().await {
                 Ok(n) if n > 0 => tracing::info!(resumed = n, "relay resumed paused executions"),

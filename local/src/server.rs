@@ -19,6 +19,8 @@ pub struct App {
     pub queue: LocalQueue,
     pub sender: HttpSender,
     pub provider: TestProvider,
+    /// The x402 facilitator and chain clients, when x402 is configured.
+    pub x402: Option<tokenops::x402::pay::HttpX402>,
 }
 
 /// Calls the stage function that owns the route.
@@ -33,9 +35,11 @@ pub async fn dispatch(app: &App, req: ApiRequest) -> ApiResponse {
         "onboarding" => onboarding::handle(ctx, req).await,
         "trust" => trust::handle(ctx, req).await,
         "quote" => quote::handle(ctx, req).await,
-        "provider_route" => provider_route::handle(ctx, &app.provider, req).await,
+        "provider_route" => {
+            provider_route::handle(ctx, &app.provider, app.x402.as_ref(), req).await
+        }
         "credit_entitlement" => credit_entitlement::handle(ctx, req).await,
-        "run_contract" => run_contract::handle(ctx, &app.queue, req).await,
+        "run_contract" => run_contract::handle(ctx, &app.queue, app.x402.as_ref(), req).await,
         "queue" => queue::handle(ctx, &app.queue, req).await,
         "tokenops_execution" => tokenops_execution::handle(ctx, req).await,
         "result_contract" => result_contract::handle(ctx, req).await,

@@ -53,7 +53,9 @@ const NEEDS: &[(&str, &[(&str, &str)])] = &[
         "provider_route",
         &[
             ("GetItem", "auth; the quote; GET /settlements/{id}; idempotency record"),
-            ("PutItem", "POST /settlements: route, entitlement, payment outbox entry (provider::payment_outbox_write) + idempotent response"),
+            ("PutItem", "POST /settlements: route, entitlement, payment outbox entry (provider::payment_outbox_write) + idempotent response; x402: payment record, route, entitlement, X402PEND entry (pay::claim_writes), confirmation, funding transfer"),
+            ("UpdateItem", "x402 top-up: entitlement funded (money::fund) or failed (pay::fail)"),
+            ("DeleteItem", "x402: X402PEND entry removed once funded or failed"),
         ],
     ),
     (
@@ -70,14 +72,15 @@ const NEEDS: &[(&str, &[(&str, &str)])] = &[
         &[
             ("GetItem", "auth; agent, quote, entitlement, run, evidence, exception ticket; idempotency record"),
             ("PutItem", "POST /runs: run, contract, hold item, hold transfer, pending outbox (queue::pending_write); POST /runs/{id}/evidence; cancel's release transfer + run save"),
-            ("UpdateItem", "money::hold (entitlement available→held); cancel: money::release (entitlement, HOLD status)"),
+            ("UpdateItem", "money::hold (entitlement available→held); cancel: money::release (entitlement, HOLD status); x402 pay per run: entitlement funded (money::fund) or failed (pay::fail)"),
+            ("DeleteItem", "x402 pay per run: X402PEND entry removed once funded or failed"),
         ],
     ),
     (
         "queue",
         &[
             ("GetItem", "run loads (stage::advance, load_run); heartbeat; contract, hold, callback record, exception ticket"),
-            ("Query", "GET /queue: pending_for_agent (PENDING); relay: PENDING, PAYREQ, FAILING outboxes"),
+            ("Query", "GET /queue: pending_for_agent (PENDING); relay: PENDING, PAYREQ, FAILING outboxes; x402 reconciler: X402PEND"),
             ("PutItem", "queue_state object + run save; failure: ticket, FAILING entry, callback record; redrive: ticket; relay: outbox bump (put_if), failed route; ledger entries (ledger::append_once)"),
             ("UpdateItem", "failure: money::release_failed; redrive: money::rehold; relay fail_payment: entitlement failed"),
             ("DeleteItem", "dispatched_write (PENDING entry), FAILING entry cleared, payment outbox entry (payment_settled_write)"),

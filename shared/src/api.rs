@@ -95,6 +95,41 @@ fn redacted_fields(operation: &str) -> &'static [&'static str] {
     }
 }
 
+/// What identifies "the same request" for a replay: method, path and body.
+pub fn request_hash(req: &ApiRequest) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        req.method.as_bytes(),
+        b" ",
+        req.path.as_bytes(),
+        b"\n",
+        &req.body,
+    ] {
+        h.update(part);
+    }
+    hex::encode(h.finalize())
+}
+
+impl Idem {
+    /// A replay scope that is not a client's key but a subject of the request: an x402
+    /// payment, whose first response every resend of it gets.
+    pub fn for_subject(subject: &str, request_hash: String, ttl: i64) -> Idem {
+        Idem {
+            key: Key::new(format!("IDEM#{subject}"), "IDEM"),
+            request_hash,
+            ttl,
+            redact: &[],
+            stored: Arc::default(),
+            claim: None,
+        }
+    }
+
+    /// The response stored under this scope, if any (422 if it was stored for another request).
+    pub async fn stored<S: Store>(&self, store: &S) -> Result<Option<ApiResponse>, ApiError> {
+        replay(store, self).await
+    }
+}
+
 async fn idempotency_start<S: Store>(
     ctx: &Ctx<S>,
     req: &ApiRequest,
@@ -123,19 +158,9 @@ async fn idempotency_start<S: Store>(
             &sha256_hex(req.source_ip.as_deref().unwrap_or("unknown").as_bytes())[..32]
         ),
     };
-    let mut h = Sha256::new();
-    for part in [
-        req.method.as_bytes(),
-        b" ",
-        req.path.as_bytes(),
-        b"\n",
-        &req.body,
-    ] {
-        h.update(part);
-    }
     let idem = Idem {
         key: Key::new(format!("IDEM#{scope}#{}", sha256_hex(k.as_bytes())), "IDEM"),
-        request_hash: hex::encode(h.finalize()),
+        request_hash: request_hash(req),
         ttl: crate::ids::now().unix_timestamp() + ctx.config.idempotency_ttl_secs,
         redact: redacted_fields(req.operation),
         stored: Arc::default(),

@@ -28,6 +28,8 @@ pub struct Config {
     /// The rule for transient store faults outside the ASL (checkpoints, record writes, the
     /// relay): [`Backoff::TRANSIENT`]; tests may scale it.
     pub transient: Backoff,
+    /// x402 payments (facilitator, network, asset, payTo, rate); `None`: not accepted.
+    pub x402: Option<crate::x402::X402Config>,
 }
 
 impl Config {

@@ -118,8 +118,19 @@ async fn ctx_with(signer: Option<Arc<dyn Signer>>) -> Result<Ctx<DynamoStore>, C
         },
         idempotency_ttl_secs: 86_400,
         transient: crate::backoff::Backoff::TRANSIENT,
+        x402: crate::x402::X402Config::from_lookup(|k| std::env::var(k).ok())
+            .map_err(|e| ConfigError::Invalid(e.name, e.reason))?,
     };
     Ok(Ctx::new(store, config))
+}
+
+/// The x402 facilitator and chain clients, when `X402_FACILITATOR_URL` configures x402.
+pub fn x402_ports<S>(ctx: &Ctx<S>) -> Result<Option<crate::x402::pay::HttpX402>, reqwest::Error> {
+    ctx.config
+        .x402
+        .as_ref()
+        .map(crate::x402::pay::HttpX402::from_config)
+        .transpose()
 }
 
 /// Structured JSON logs (no secrets or evidence are ever passed to tracing fields).

@@ -6,6 +6,7 @@
 //! - [`money`]: double-entry transfers and their conditional writes;
 //! - [`proof`]: RFC 8785 digests, the hash-chained ledger, DSSE/in-toto, Standard Webhooks;
 //! - [`store`], [`ports`], [`queue`], [`provider`]: the ports and their adapters;
+//! - [`x402`]: HTTP 402 payments (x402 v2) — wire types, facilitator and chain ports, money rules;
 //! - [`http`], [`api`]: the HTTP edge shared by API-facing functions;
 //! - [`manifest`], [`openapi`]: discovery — the manifest and the OpenAPI document;
 //! - [`error`]: one error type per layer.
@@ -31,3 +32,4 @@ pub mod rules;
 pub mod run_state;
 pub mod stage;
 pub mod store;
+pub mod x402;

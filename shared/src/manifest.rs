@@ -9,7 +9,19 @@ use crate::http::ROUTES;
 use crate::model::{schemas, OPERATING_TOOL, PATH};
 use crate::run_state::ALL;
 
-pub fn manifest(base_url: &str) -> Value {
+/// `x402`: the deployment's x402 settings, listed as a payment method so an agent knows what it
+/// may pay with before it asks.
+pub fn manifest(base_url: &str, x402: Option<&crate::x402::X402Config>) -> Value {
+    let mut payment_methods = vec![json!({
+        "provider": crate::provider::TEST_PROVIDER,
+        "flow": "POST /settlements, then the provider's signed confirmation webhook funds the entitlement",
+    })];
+    if let Some(c) = x402 {
+        let mut m = json!(c.method(None));
+        m["flow"] = json!("HTTP 402 (x402 v2): POST /runs without credit_entitlement_id, or POST /settlements with provider x402, answers 402 with PAYMENT-REQUIRED; resend with PAYMENT-SIGNATURE");
+        m["x402_version"] = json!(crate::x402::X402_VERSION);
+        payment_methods.push(m);
+    }
     let entry_points: Vec<Value> = ROUTES
         .iter()
         .map(|r| json!({"method": r.method, "path": r.pattern, "stage": r.stage, "operation": r.operation, "requires_access_key": r.auth}))
@@ -29,6 +41,7 @@ pub fn manifest(base_url: &str) -> Value {
         "authentication": "Authorization: Bearer <access key> from the credential envelope",
         "idempotency": "every POST accepts Idempotency-Key",
         "errors": "application/problem+json (RFC 9457)",
+        "payment_methods": payment_methods,
     })
 }
 

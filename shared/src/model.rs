@@ -148,6 +148,9 @@ pub struct Quote {
     pub price_credits: i64,
     pub expires_at: String,
     pub created_at: String,
+    /// The price in a token, when x402 payments are accepted (pay it on `POST /runs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x402: Option<crate::x402::PaymentMethod>,
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
@@ -182,8 +185,16 @@ pub struct ProviderRoute {
     pub credits: i64,
     pub payment_request: PaymentRequest,
     pub credit_entitlement_id: String,
-    pub status: String, // "awaiting_confirmation" | "confirmed"
+    /// "awaiting_confirmation" | "confirmed" | "failed"; x402: "settlement_pending" until the
+    /// payment's outcome is known.
+    pub status: String,
     pub created_at: String,
+    /// x402 only: the on-chain payment (network, payer, transaction once settled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment: Option<crate::x402::X402Payment>,
+    /// Why the settlement failed (nothing was charged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
 }
 
 /// The provider's webhook body (signed by the provider).
@@ -240,7 +251,9 @@ pub struct CreditEntitlement {
 pub struct RunRequest {
     pub trust_profile_id: String,
     pub quote_id: String,
-    pub credit_entitlement_id: String,
+    /// The funded entitlement that pays; omit it to pay this run with x402 (a 402 says how).
+    #[serde(default)]
+    pub credit_entitlement_id: Option<String>,
     pub requested_tool: String,
     pub requested_capability: String,
     pub evidence: EvidenceBundle,
@@ -442,6 +455,9 @@ pub struct SettlementReceipt {
     pub funding_transfer_id: String,
     pub hold_transfer_id: String,
     pub issued_at: String,
+    /// x402: the on-chain payment that funded the credits (network, transaction, payer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment: Option<crate::x402::X402Payment>,
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]

@@ -122,3 +122,4 @@ pub async fn emulator_info() -> Option<Value> {
         .expect("emulator info");
     Some(serde_json::from_slice(&body).expect("emulator info is JSON"))
 }
+pub mod x402;

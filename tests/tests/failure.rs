@@ -424,6 +424,7 @@ async fn a_run_whose_enqueue_was_lost_is_relayed_and_delivered() {
     let resp = run_contract::handle(
         &rt.ctx,
         &LostSends,
+        None::<&tokenops::x402::pay::HttpX402>,
         api_request(&f.agent, "POST", "/runs", &f.full_run()),
     )
     .await;
@@ -479,7 +480,13 @@ async fn a_lost_payment_confirmation_is_asked_for_again_or_the_request_fails() {
         .ok("POST", "/quotes", Some(&json!({"requested_tool": "tokenops", "requested_capability": "tokenops_result_package"})))
         .await
         .unwrap();
-    let lost = provider_route::handle(&rt.ctx, &LostPayments, settle(&f.agent, &quote)).await;
+    let lost = provider_route::handle(
+        &rt.ctx,
+        &LostPayments,
+        None::<&tokenops::x402::pay::HttpX402>,
+        settle(&f.agent, &quote),
+    )
+    .await;
     assert_eq!(lost.status, 201);
     let route = lost.json_body();
     let ent_path = format!(
@@ -518,7 +525,13 @@ async fn a_lost_payment_confirmation_is_asked_for_again_or_the_request_fails() {
         .ok("POST", "/quotes", Some(&json!({"requested_tool": "tokenops", "requested_capability": "tokenops_result_package"})))
         .await
         .unwrap();
-    let lost2 = provider_route::handle(&rt.ctx, &LostPayments, settle(&f.agent, &quote2)).await;
+    let lost2 = provider_route::handle(
+        &rt.ctx,
+        &LostPayments,
+        None::<&tokenops::x402::pay::HttpX402>,
+        settle(&f.agent, &quote2),
+    )
+    .await;
     let route2 = lost2.json_body();
     for _ in 0..3 {
         queue::relay::tick(&rt.ctx, &rt.queue, &sender, &LostPayments, &cfg)

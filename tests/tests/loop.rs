@@ -83,6 +83,7 @@ async fn every_function_handles_its_event_fixture() {
             "whsec_dGVzdA==",
             Duration::from_secs(3600),
         ),
+        x402: None,
     };
     let http = |ev: Value| {
         let app = app.clone();

@@ -795,6 +795,7 @@ fn ctx(store: DynamoStore) -> Ctx<DynamoStore> {
             },
             idempotency_ttl_secs: 3600,
             transient: tokenops::backoff::Backoff::TRANSIENT,
+            x402: None,
         },
     )
 }

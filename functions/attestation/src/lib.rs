@@ -110,11 +110,17 @@ pub async fn run_task<S: Store>(
             &format!("ledger_head:{}", ledger_head.id),
             ledger_head.sha256.as_deref().unwrap_or_default(),
         ));
-        let statement = Statement::new(
-            subject,
-            PREDICATE_TYPE,
-            json!({"run_id": run_id, "agent_id": p.agent_id, "loop_type": p.loop_type, "path": p.path, "state": p.state, "credits": p.credits, "attested_at": now_rfc3339()}),
-        );
+        let mut predicate = json!({"run_id": run_id, "agent_id": p.agent_id, "loop_type": p.loop_type, "path": p.path, "state": p.state, "credits": p.credits, "attested_at": now_rfc3339()});
+        // An x402-paid run: the payment (network, transaction, payer) is signed with the work.
+        if let Some(l) = p.first_link("settlement_receipt") {
+            if let Some(item) = ctx.store.get(&tokenops::store::Key::object(&l.id)).await? {
+                let receipt: tokenops::model::SettlementReceipt = item.decode()?;
+                if let Some(payment) = receipt.payment {
+                    predicate["payment"] = json!(payment);
+                }
+            }
+        }
+        let statement = Statement::new(subject, PREDICATE_TYPE, predicate);
         let envelope = sign_statement(&statement, signer)
             .await
             .map_err(sign_failure)?;

@@ -20,7 +20,7 @@ pub async fn handle<S: Store>(ctx: &Ctx<S>, req: ApiRequest) -> ApiResponse {
             "get_agent" => get_agent(ctx, call).await,
             "manifest" => Ok(ApiResponse::json(
                 200,
-                &manifest::manifest(&ctx.config.public_base_url),
+                &manifest::manifest(&ctx.config.public_base_url, ctx.config.x402.as_ref()),
             )),
             "openapi" => Ok(ApiResponse::json(
                 200,

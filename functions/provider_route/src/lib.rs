@@ -1,8 +1,9 @@
 //! Stage 4 — provider route: the agent picks a settlement provider for a quote; we create the
 //! route, its payment request artifact and the (unfunded) credit entitlement, then tell the
-//! provider, which confirms through the signed webhook (stage 5).
+//! provider, which confirms through the signed webhook (stage 5). With `provider: "x402"` the
+//! request itself is paid (HTTP 402, x402 v2): the settled payment funds the entitlement at once.
 
-use tokenops::api::{commit, object_item, owned_object, serve, Call, Commit};
+use tokenops::api::{commit, object_item, owned_object, request_hash, serve, Call, Commit};
 use tokenops::config::Ctx;
 use tokenops::error::ApiError;
 use tokenops::http::{ApiRequest, ApiResponse};
@@ -13,15 +14,20 @@ use tokenops::model::{
 use tokenops::ports::SettlementProvider;
 use tokenops::provider::PROVIDERS;
 use tokenops::store::{Store, Write};
+use tokenops::x402::chain::ChainReader;
+use tokenops::x402::facilitator::Facilitator;
+use tokenops::x402::pay::{self, Paid, PayRequest, Purpose, X402Ports};
+use tokenops::x402::X402;
 
-pub async fn handle<S: Store, P: SettlementProvider>(
+pub async fn handle<S: Store, P: SettlementProvider, F: Facilitator, C: ChainReader>(
     ctx: &Ctx<S>,
     provider: &P,
+    x402: Option<&X402Ports<F, C>>,
     req: ApiRequest,
 ) -> ApiResponse {
     serve(ctx, req, |call| async move {
         match call.req.operation {
-            "create_settlement" => create(ctx, provider, call).await,
+            "create_settlement" => create(ctx, provider, x402, call).await,
             "get_settlement" => {
                 let agent = call.caller.agent()?;
                 let id = parse_id("stl", call.req.param("settlement_id"), "settlement_id")?;
@@ -54,9 +60,15 @@ pub fn check_quote_live(q: &Quote) -> Result<(), ApiError> {
     }
 }
 
-async fn create<S: Store, P: SettlementProvider>(
+/// Seconds until the quote expires: an x402 authorization must not outlive it.
+pub fn quote_ttl_secs(q: &Quote) -> i64 {
+    parse_rfc3339(&q.expires_at).map_or(0, |t| (t - now()).whole_seconds())
+}
+
+async fn create<S: Store, P: SettlementProvider, F: Facilitator, C: ChainReader>(
     ctx: &Ctx<S>,
     provider: &P,
+    x402: Option<&X402Ports<F, C>>,
     call: Call,
 ) -> Result<ApiResponse, ApiError> {
     let agent = call.caller.agent()?.to_string();
@@ -67,11 +79,16 @@ async fn create<S: Store, P: SettlementProvider>(
         .await?
         .decode()?;
     check_quote_live(&quote)?;
-    if !PROVIDERS.contains(&r.provider.as_str()) {
+    let x402_on = ctx.config.x402.is_some() && x402.is_some();
+    if !(PROVIDERS.contains(&r.provider.as_str()) || (x402_on && r.provider == X402)) {
+        let mut available: Vec<&str> = PROVIDERS.to_vec();
+        if x402_on {
+            available.push(X402);
+        }
         return Err(ApiError::invalid(
             "provider",
             format!(
-                "unknown provider '{}'; available: {PROVIDERS:?}",
+                "unknown provider '{}'; available: {available:?}",
                 r.provider.chars().take(40).collect::<String>()
             ),
         ));
@@ -85,6 +102,42 @@ async fn create<S: Store, P: SettlementProvider>(
                 quote.price_credits
             ),
         ));
+    }
+    if let (Some(cfg), Some(ports), true) = (&ctx.config.x402, x402, r.provider == X402) {
+        // Prepaid credits over x402: this request is the paid resource.
+        let pr = PayRequest {
+            agent: &agent,
+            quote_id: &quote.quote_id,
+            purpose: Purpose::TopUp,
+            credits,
+            requirements: cfg.requirements(credits, quote_ttl_secs(&quote)),
+            resource_url: ctx.config.url("/settlements"),
+            description: "TokenOps prepaid credits",
+            request_hash: request_hash(&call.req),
+        };
+        let Some(header) = call.req.header(tokenops::x402::HEADER_SIGNATURE) else {
+            return Err(pay::required(
+                &pr,
+                &format!("{credits} credits cost a payment"),
+            ));
+        };
+        return match pay::pay(ctx, ports, header, &pr).await? {
+            Paid::Replay(resp) => Ok(resp),
+            Paid::Funded {
+                record,
+                idem,
+                headers,
+            } => {
+                let route =
+                    owned_object(&ctx.store, &record.settlement_id, &agent, "settlement_id")
+                        .await?
+                        .doc;
+                let mut resp =
+                    commit(&ctx.store, Some(&idem), Commit::new(201, &route, vec![])).await?;
+                resp.headers.extend(headers);
+                Ok(resp)
+            }
+        };
     }
     let settlement_id = new_id("stl");
     let ent_id = run_object_id("cred", &settlement_id);
@@ -109,6 +162,8 @@ async fn create<S: Store, P: SettlementProvider>(
         credit_entitlement_id: ent_id.clone(),
         status: "awaiting_confirmation".into(),
         created_at: now_rfc3339(),
+        payment: None,
+        failure_reason: None,
     };
     let ent = CreditEntitlement {
         object_type: "credit_entitlement".into(),

@@ -1,6 +1,7 @@
 //! Wiring only. One function supervises the run path: the SQS consumer (partial batch responses:
 //! Lambda deletes what succeeded), `GET /queue`, the EventBridge rule on failed, timed-out and
-//! aborted executions (the failure handler), and the relay schedule.
+//! aborted executions (the failure handler), and the relay schedule (which also reconciles x402
+//! settlements whose outcome was unknown).
 
 use lambda_runtime::{run, service_fn, Diagnostic, Error, LambdaEvent};
 use serde_json::{json, Value};
@@ -16,6 +17,7 @@ async fn main() -> Result<(), Error> {
     let sender = &HttpSender::new(std::time::Duration::from_secs(10))?;
     let provider = &lambda::test_provider(ctx);
     let relay_cfg = &queue::relay::RelayConfig::default();
+    let x402 = &lambda::x402_ports(ctx)?;
     run(service_fn(move |ev: LambdaEvent<Value>| async move {
         let ev = ev.payload;
         if lambda::is_apigw_v2(&ev) {
@@ -41,7 +43,15 @@ async fn main() -> Result<(), Error> {
             let report = queue::relay::tick(ctx, monitor, sender, provider, relay_cfg)
                 .await
                 .map_err(tokenops::error::TaskError::from)?;
-            return Ok(serde_json::to_value(report).unwrap_or_default());
+            let x402 = match x402 {
+                Some(ports) => Some(
+                    tokenops::x402::pay::reconcile(ctx, ports, relay_cfg.x402_after_ms)
+                        .await
+                        .map_err(tokenops::error::TaskError::from)?,
+                ),
+                None => None,
+            };
+            return Ok(json!({"relay": report, "x402": x402}));
         }
         let failures = queue::consume(ctx, orch, &lambda::sqs_deliveries(&ev)).await;
         let items: Vec<Value> = failures

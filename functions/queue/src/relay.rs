@@ -31,6 +31,9 @@ pub struct RelayConfig {
     /// Re-run a failure handler that has not finished after this long.
     pub failing_after_ms: i64,
     pub max_failing_tries: i64,
+    /// Look at an x402 settlement of unknown outcome again after this long
+    /// ([`tokenops::x402::pay::reconcile`]; it ends when the authorization is used or expires).
+    pub x402_after_ms: i64,
 }
 
 impl Default for RelayConfig {
@@ -42,6 +45,7 @@ impl Default for RelayConfig {
             max_payment_tries: 10,
             failing_after_ms: 30_000,
             max_failing_tries: 10,
+            x402_after_ms: 10_000,
         }
     }
 }

@@ -74,6 +74,7 @@ async fn create<S: Store>(ctx: &Ctx<S>, call: Call) -> Result<ApiResponse, ApiEr
         price_credits: price,
         expires_at: rfc3339(now() + time::Duration::seconds(ctx.config.quote_ttl_secs)),
         created_at: now_rfc3339(),
+        x402: ctx.config.x402.as_ref().map(|c| c.method(Some(price))),
     };
     let writes = vec![Write::create(object_item(
         &quote.quote_id,

@@ -4,7 +4,9 @@
 //! payload (`GET /runs/{id}`), cancel (releases the hold) and evidence recovery (replay package).
 
 use serde_json::json;
-use tokenops::api::{commit, load_run, object_item, owned_object, serve, Call, Commit, RunRecord};
+use tokenops::api::{
+    commit, load_run, object_item, owned_object, request_hash, serve, Call, Commit, RunRecord,
+};
 use tokenops::config::Ctx;
 use tokenops::error::{ApiError, StoreError};
 use tokenops::evidence::{self, EvidenceBundle, EvidenceError, ReviewContext};
@@ -15,16 +17,20 @@ use tokenops::ports::RunQueue;
 use tokenops::proof::jcs;
 use tokenops::run_state::{RunState, Transition};
 use tokenops::store::{Key, Store, Write};
+use tokenops::x402::chain::ChainReader;
+use tokenops::x402::facilitator::Facilitator;
+use tokenops::x402::pay::{self, Paid, PayRequest, Purpose, X402Ports};
 use tokenops::{money, rules};
 
-pub async fn handle<S: Store, Q: RunQueue>(
+pub async fn handle<S: Store, Q: RunQueue, F: Facilitator, C: ChainReader>(
     ctx: &Ctx<S>,
     queue: &Q,
+    x402: Option<&X402Ports<F, C>>,
     req: ApiRequest,
 ) -> ApiResponse {
     serve(ctx, req, |call| async move {
         match call.req.operation {
-            "create_run" => create(ctx, queue, call).await,
+            "create_run" => create(ctx, queue, x402, call).await,
             "get_run" => {
                 let rec = owned_run(ctx, &call).await?;
                 Ok(ApiResponse::json(200, &rec.payload))
@@ -78,9 +84,10 @@ fn link_url<S>(ctx: &Ctx<S>, path: &str) -> String {
     ctx.config.url(path)
 }
 
-async fn create<S: Store, Q: RunQueue>(
+async fn create<S: Store, Q: RunQueue, F: Facilitator, C: ChainReader>(
     ctx: &Ctx<S>,
     queue: &Q,
+    x402: Option<&X402Ports<F, C>>,
     call: Call,
 ) -> Result<ApiResponse, ApiError> {
     let agent = call.caller.agent()?.to_string();
@@ -106,19 +113,12 @@ async fn create<S: Store, Q: RunQueue>(
             "requested_tool/requested_capability differ from the quote's",
         ));
     }
-    let ent_id = parse_id("cred", &r.credit_entitlement_id, "credit_entitlement_id")
-        .map_err(|_| ApiError::invalid("credit_entitlement_id", "not a credit entitlement id"))?;
-    let ent_item = owned_object(&ctx.store, &ent_id, &agent, "credit_entitlement_id").await?;
-    let ent = credit_entitlement::entitlement_view(&ent_item)?;
     let price = q.price_credits;
     if price > profile.limits.max_run_credits {
         return Err(ApiError::invalid(
             "quote_id",
             "the quote's price exceeds the trust profile's per-run limit",
         ));
-    }
-    if ent.status != "funded" || ent.balances.available < price {
-        return Err(insufficient(&ent_id, ent.balances.available, price));
     }
     let callback_url = match &r.callback_url {
         Some(u) => u.clone(),
@@ -136,16 +136,105 @@ async fn create<S: Store, Q: RunQueue>(
         ctx.config.allow_loopback_callbacks,
         "callback_url",
     )?;
+    // Who pays: the entitlement named, or (x402) this request's payment. Everything a run can
+    // be refused for is checked before a payment is asked for or taken.
+    let x402_req = match (&ctx.config.x402, x402) {
+        (Some(cfg), Some(ports)) => Some((
+            ports,
+            PayRequest {
+                agent: &agent,
+                quote_id: &q.quote_id,
+                purpose: Purpose::Run,
+                credits: price,
+                requirements: cfg.requirements(price, provider_route::quote_ttl_secs(&q)),
+                resource_url: link_url(ctx, "/runs"),
+                description: "One TokenOps run (evidence review), paid per run",
+                request_hash: request_hash(&call.req),
+            },
+        )),
+        _ => None,
+    };
+    let payment = call.req.header(tokenops::x402::HEADER_SIGNATURE);
+    let named = match (
+        &r.credit_entitlement_id,
+        payment.is_some() && x402_req.is_some(),
+    ) {
+        (Some(raw), false) => {
+            let ent_id = parse_id("cred", raw, "credit_entitlement_id").map_err(|_| {
+                ApiError::invalid("credit_entitlement_id", "not a credit entitlement id")
+            })?;
+            let item = owned_object(&ctx.store, &ent_id, &agent, "credit_entitlement_id").await?;
+            let ent = credit_entitlement::entitlement_view(&item)?;
+            if ent.status != "funded" || ent.balances.available < price {
+                return Err(match &x402_req {
+                    Some((_, pr)) => pay::required(
+                        pr,
+                        &format!(
+                            "credit entitlement {ent_id} has {} available credits; the run needs {price}",
+                            ent.balances.available
+                        ),
+                    ),
+                    None => insufficient(&ent_id, ent.balances.available, price),
+                });
+            }
+            Some(ent)
+        }
+        (None, false) if x402_req.is_none() => return Err(ApiError::invalid(
+            "credit_entitlement_id",
+            "required: name a funded credit entitlement (this deployment takes no x402 payments)",
+        )),
+        _ => None,
+    };
 
     let run_id = new_id("run");
     let review_ctx = ReviewContext {
         run_id: run_id.clone(),
         requested_tool: r.requested_tool.clone(),
         requested_capability: r.requested_capability.clone(),
-        credit_entitlement_id: ent_id.clone(),
-        settlement_provider: Some(ent.provider.clone()),
+        credit_entitlement_id: named
+            .as_ref()
+            .map(|e| e.credit_entitlement_id.clone())
+            .unwrap_or_default(),
+        settlement_provider: Some(
+            named
+                .as_ref()
+                .map_or(tokenops::x402::X402.to_string(), |e| e.provider.clone()),
+        ),
+        paid_quote_id: named.is_none().then(|| q.quote_id.clone()),
     };
     check_evidence(&r.evidence, &review_ctx)?;
+
+    let (ent_id, settlement_id, provider, idem, paid_headers) = match named {
+        Some(ent) => (
+            ent.credit_entitlement_id,
+            ent.settlement_id,
+            ent.provider,
+            call.idem.clone(),
+            Default::default(),
+        ),
+        None => {
+            let (ports, pr) = x402_req
+                .as_ref()
+                .ok_or_else(|| ApiError::internal("x402 request without x402"))?;
+            let Some(header) = payment else {
+                return Err(pay::required(pr, "this run is not paid for yet"));
+            };
+            match pay::pay(ctx, ports, header, pr).await? {
+                Paid::Replay(resp) => return Ok(resp),
+                Paid::Funded {
+                    record,
+                    idem,
+                    headers,
+                } => (
+                    run_object_id("cred", &record.settlement_id),
+                    record.settlement_id.clone(),
+                    tokenops::x402::X402.to_string(),
+                    Some(idem),
+                    headers,
+                ),
+            }
+        }
+    };
     let evidence_digest =
         jcs::digest(&r.evidence).map_err(|e| ApiError::internal(e.to_string()))?;
     let (hold, mut writes) = money::hold(&ent_id, &agent, &run_id, price);
@@ -157,8 +246,8 @@ async fn create<S: Store, Q: RunQueue>(
         trust_profile_id: r.trust_profile_id.clone(),
         quote_id: q.quote_id.clone(),
         credit_entitlement_id: ent_id.clone(),
-        settlement_id: ent.settlement_id.clone(),
-        provider: ent.provider.clone(),
+        settlement_id: settlement_id.clone(),
+        provider,
         requested_tool: r.requested_tool,
         requested_capability: r.requested_capability,
         credits_held: price,
@@ -208,9 +297,9 @@ async fn create<S: Store, Q: RunQueue>(
     );
     payload.link(
         "provider_route",
-        &ent.settlement_id,
+        &settlement_id,
         "provider_route",
-        link_url(ctx, &format!("/settlements/{}", ent.settlement_id)),
+        link_url(ctx, &format!("/settlements/{settlement_id}")),
         None,
     );
     payload.link(
@@ -254,13 +343,7 @@ async fn create<S: Store, Q: RunQueue>(
         run_contract: contract,
         links: [("run".to_string(), link_url(ctx, &format!("/runs/{run_id}")))].into(),
     };
-    let resp = match commit(
-        &ctx.store,
-        call.idem.as_ref(),
-        Commit::new(202, &body, writes),
-    )
-    .await
-    {
+    let mut resp = match commit(&ctx.store, idem.as_ref(), Commit::new(202, &body, writes)).await {
         Ok(r) => r,
         // The hold's condition failed: someone spent the credits between our read and the write.
         Err(StoreError::ConditionFailed) => {
@@ -273,6 +356,7 @@ async fn create<S: Store, Q: RunQueue>(
     // too while the run is still queued: the queue stage dispatches a run only once. A send lost
     // after the commit is not re-sent by a retry (the stored response is replayed); the pending
     // index (`PENDING/<run>`) records it — see the notes on an outbox relay.
+    resp.headers.extend(paid_headers);
     let run_id = resp.json_body()["run_id"]
         .as_str()
         .unwrap_or_default()
@@ -391,6 +475,7 @@ async fn supply_evidence<S: Store, Q: RunQueue>(
         requested_capability: contract.requested_capability.clone(),
         credit_entitlement_id: contract.credit_entitlement_id.clone(),
         settlement_provider: Some(contract.provider.clone()),
+        paid_quote_id: None,
     };
     check_evidence(&more.evidence, &review_ctx)?;
     let ev_item = ctx

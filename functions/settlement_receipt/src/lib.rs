@@ -10,7 +10,7 @@ use tokenops::money::transfer_id;
 use tokenops::proof::jcs;
 use tokenops::run_state::RunState;
 use tokenops::stage::{advance, task_input, Step};
-use tokenops::store::{Store, Write};
+use tokenops::store::{Key, Store, Write};
 
 pub const STAGE: &str = "settlement_receipt";
 
@@ -34,18 +34,27 @@ pub async fn run_task<S: Store>(
             )
             .await?
             .decode()?;
+            // x402: the on-chain payment behind the credits, so the receipt proves the payment.
+            let payment = match ctx.store.get(&Key::object(&contract.settlement_id)).await? {
+                Some(item) => item.decode::<ProviderRoute>()?.payment,
+                None => None,
+            };
             let receipt = SettlementReceipt {
                 object_type: "settlement_receipt".into(),
                 receipt_id: run_object_id("srcpt", &rec.payload.run_id),
                 run_id: rec.payload.run_id.clone(),
                 settlement_id: contract.settlement_id.clone(),
-                settlement_reference: contract.settlement_id.clone(),
+                settlement_reference: payment
+                    .as_ref()
+                    .and_then(|p| p.transaction.clone())
+                    .unwrap_or_else(|| contract.settlement_id.clone()),
                 provider: contract.provider.clone(),
                 credit_entitlement_id: contract.credit_entitlement_id.clone(),
                 credits_cost: contract.credits_held,
                 funding_transfer_id: transfer_id("fund", &contract.settlement_id),
                 hold_transfer_id: contract.hold_transfer_id.clone(),
                 issued_at: now_rfc3339(),
+                payment,
             };
             let mut payload = rec.payload.clone();
             payload.state = RunState::SettlementReceipted;

@@ -89,6 +89,8 @@ pub async fn run_task<S: Store>(
                     requested_capability: contract.requested_capability.clone(),
                     credit_entitlement_id: contract.credit_entitlement_id.clone(),
                     settlement_provider: Some(contract.provider.clone()),
+                    paid_quote_id: (contract.provider == tokenops::x402::X402)
+                        .then(|| contract.quote_id.clone()),
                 },
             )
             .map_err(|e| TaskError::BadInput(e.to_string()))?;

@@ -270,7 +270,8 @@ impl Emulator {
         }
 
         // Functions: the template's environment resolved, then the emulator's overrides.
-        let mut params = BTreeMap::from([
+        let mut params = t.parameter_defaults.clone();
+        params.extend([
             (
                 "TestProviderSecret".to_string(),
                 format!("whsec_{}", random_b64(24)),

@@ -105,6 +105,8 @@ pub struct Template {
     pub queues: Vec<QueueSpec>,
     pub state_machines: Vec<StateMachineSpec>,
     pub functions: Vec<FunctionSpec>,
+    /// Each parameter's `Default` (what a deploy without overrides gets).
+    pub parameter_defaults: BTreeMap<String, String>,
 }
 
 /// What a resource resolves to once it exists in the emulator.
@@ -194,12 +196,23 @@ impl Template {
             .and_then(|g| get(g, "MemorySize"))
             .and_then(Value::as_u64)
             .unwrap_or(128);
+        let parameter_defaults = get(doc, "Parameters")
+            .and_then(Value::as_mapping)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| {
+                        Some((k.as_str()?.to_string(), str_of(get(v, "Default"))?))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut t = Template {
             stack: stack.into(),
             tables: vec![],
             queues: vec![],
             state_machines: vec![],
             functions: vec![],
+            parameter_defaults,
         };
         for (id, res) in resources {
             let id = id.as_str().unwrap_or_default().to_string();

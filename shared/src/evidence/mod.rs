@@ -16,7 +16,7 @@
 //! 2. `payment_request` — "matching payment request artifact": `provider` equals a consistent
 //!    settlement reference's `provider`, and if it names a `settlement_reference`, that too.
 //! 3. `credit_ledger_entry` — "credit ledger entry for the run's credit entitlement":
-//!    `credit_entitlement_id` equals the run's.
+//!    `credit_entitlement_id` equals the run's (an x402-paid run's may name its quote instead).
 //! 4. `work_order` — "work order naming the requested tool": `requested_tool` equals the run's,
 //!    and `requested_capability` too when given.
 //! 5. `usage_receipt` — "usage receipt tied to credit entitlement": `credit_entitlement_id`
@@ -161,6 +161,11 @@ pub struct ReviewContext {
     pub credit_entitlement_id: String,
     #[serde(default)]
     pub settlement_provider: Option<String>,
+    /// An x402-paid run: its entitlement is created by the paying request, so the agent cannot
+    /// name it in the evidence it sends with that request; a credit ledger entry may name the
+    /// run's quote instead (the quote is what was paid for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paid_quote_id: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
@@ -287,12 +292,15 @@ pub fn review(bundle: &EvidenceBundle, ctx: &ReviewContext) -> Result<Review, Ev
         "no consistent settlement reference to match",
     );
     let ledgers = judge(of(Category::CreditLedgerEntry), |d| {
-        expect_eq(
-            d,
-            "credit_entitlement_id",
-            &ctx.credit_entitlement_id,
-            "the run's",
-        )
+        match &ctx.paid_quote_id {
+            Some(q) if text(d, "credit_entitlement_id").is_ok_and(|g| g == q.trim()) => Ok(()),
+            _ => expect_eq(
+                d,
+                "credit_entitlement_id",
+                &ctx.credit_entitlement_id,
+                "the run's",
+            ),
+        }
     });
     let work_orders = judge(of(Category::WorkOrder), |d| check_work_order(d, ctx));
     let (receipts, _) = judge_against(

@@ -13,6 +13,7 @@ fn ctx() -> ReviewContext {
         requested_capability: "tokenops_result_package".into(),
         credit_entitlement_id: CRED.into(),
         settlement_provider: Some("test_provider".into()),
+        paid_quote_id: None,
     }
 }
 

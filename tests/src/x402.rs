@@ -1,0 +1,170 @@
+//! The x402 peers for tests: a local chain (anvil) with an EIP-3009 token, the official x402
+//! Python SDK's facilitator, and its client as the payer — started by `local/x402/peers.py up`
+//! (scripts/test-all does it and sets `TOKENOPS_X402_PEERS` to its info file).
+
+use std::process::Stdio;
+
+use serde_json::{json, Value};
+
+/// What `peers.py up` wrote, or None (skipped) when no peers run and they are not required
+/// (`TOKENOPS_REQUIRE_X402`, set by CI, makes it a failure).
+pub fn peers() -> Option<Value> {
+    let Ok(path) = std::env::var("TOKENOPS_X402_PEERS") else {
+        assert!(
+            std::env::var("TOKENOPS_REQUIRE_X402").is_err(),
+            "TOKENOPS_REQUIRE_X402 is set but TOKENOPS_X402_PEERS is not"
+        );
+        eprintln!("skipped: TOKENOPS_X402_PEERS is not set (make test starts the x402 peers)");
+        return None;
+    };
+    let text = std::fs::read_to_string(&path).expect("x402 peers info file");
+    Some(serde_json::from_str(&text).expect("x402 peers info is JSON"))
+}
+
+/// The x402 configuration that points TokenOps at the peers.
+pub fn config(p: &Value, rate: u64) -> tokenops::x402::X402Config {
+    let s = |k: &str| p[k].as_str().expect(k).to_string();
+    tokenops::x402::X402Config {
+        facilitator_url: s("facilitator_url"),
+        network: s("network"),
+        asset: s("asset"),
+        asset_name: s("asset_name"),
+        asset_version: s("asset_version"),
+        pay_to: s("pay_to"),
+        atomic_per_credit: rate,
+        max_timeout_secs: 300,
+        rpc_url: s("rpc_url"),
+        timeout: std::time::Duration::from_secs(20),
+    }
+}
+
+/// The same settings as `--set` parameters of `tokenops emulator` / env of `tokenops serve`.
+pub fn env(p: &Value, rate: u64) -> Vec<(String, String)> {
+    let s = |k: &str| p[k].as_str().expect(k).to_string();
+    vec![
+        ("X402_FACILITATOR_URL".into(), s("facilitator_url")),
+        ("X402_NETWORK".into(), s("network")),
+        ("X402_ASSET".into(), s("asset")),
+        ("X402_ASSET_NAME".into(), s("asset_name")),
+        ("X402_ASSET_VERSION".into(), s("asset_version")),
+        ("X402_PAY_TO".into(), s("pay_to")),
+        ("X402_ATOMIC_PER_CREDIT".into(), rate.to_string()),
+        ("X402_RPC_URL".into(), s("rpc_url")),
+    ]
+}
+
+/// One JSON-RPC call to the chain.
+pub async fn rpc(p: &Value, method: &str, params: Value) -> Value {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    let bytes = reqwest::Client::new()
+        .post(p["rpc_url"].as_str().unwrap())
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("chain reachable")
+        .bytes()
+        .await
+        .expect("chain answer");
+    let v: Value = serde_json::from_slice(&bytes).expect("JSON-RPC answer");
+    assert!(v.get("error").is_none(), "{method}: {v}");
+    v["result"].clone()
+}
+
+/// The token balance of `address` (atomic units).
+pub async fn balance(p: &Value, address: &str) -> u128 {
+    let data = format!(
+        "0x70a08231{:0>64}",
+        address.trim_start_matches("0x").to_ascii_lowercase()
+    );
+    let r = rpc(
+        p,
+        "eth_call",
+        json!([{"to": p["asset"], "data": data}, "latest"]),
+    )
+    .await;
+    u128::from_str_radix(r.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+}
+
+/// The transaction's receipt status (1 = success), or None when the chain has no such one.
+pub async fn receipt_status(p: &Value, tx: &str) -> Option<u64> {
+    let r = rpc(p, "eth_getTransactionReceipt", json!([tx])).await;
+    r.get("status")
+        .and_then(Value::as_str)
+        .map(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap())
+}
+
+/// Runs `pay.py <args>` with the SDK's venv and returns its JSON.
+pub async fn pay_py(p: &Value, args: &[&str]) -> Value {
+    let out = tokio::process::Command::new(p["python"].as_str().unwrap())
+        .arg(p["pay_script"].as_str().unwrap())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("pay.py runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
+        panic!(
+            "pay.py {args:?}: no JSON (exit {:?}); stdout {stdout}; stderr {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// The evidence an agent sends with a paid run: its settlement is an x402 one, and its ledger
+/// entry names the quote (the entitlement is created by the paying request itself).
+pub fn paid_run_evidence(quote_id: &str) -> Value {
+    json!({
+        "records": [
+            {"category": "settlement_reference", "name": "settlement.json", "data": {"settlement_reference": "x402-exact", "provider": "x402"}},
+            {"category": "payment_request", "name": "payment-request.json", "data": {"provider": "x402", "settlement_reference": "x402-exact"}},
+            {"category": "credit_ledger_entry", "name": "credit-ledger.json", "data": {"credit_entitlement_id": quote_id, "credits": 10}},
+            {"category": "work_order", "name": "work-order.json", "data": {"requested_tool": "tokenops", "requested_capability": "tokenops_result_package"}},
+            {"category": "usage_receipt", "name": "usage-receipt.json", "data": {"credit_entitlement_id": quote_id, "credits_debited": 1}}
+        ],
+        "file_manifest": [
+            {"name": "settlement-export.csv", "media_type": "text/csv", "size": 2048, "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}
+        ]
+    })
+}
+
+/// Sends `body` to `url` with the agent's key and, if given, a PAYMENT-SIGNATURE.
+pub async fn post_paid(
+    url: &str,
+    access_key: &str,
+    body: &Value,
+    payment: Option<&str>,
+) -> (u16, std::collections::BTreeMap<String, String>, Value) {
+    let mut req = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(access_key)
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    if let Some(p) = payment {
+        req = req.header("payment-signature", p);
+    }
+    let r = req.send().await.expect("TokenOps reachable");
+    let status = r.status().as_u16();
+    let headers = r
+        .headers()
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let text = r.text().await.unwrap_or_default();
+    (
+        status,
+        headers,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// Decodes an x402 header (base64 JSON).
+pub fn decode_header(v: &str) -> Value {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(v)
+        .expect("x402 header is base64");
+    serde_json::from_slice(&bytes).expect("x402 header is JSON")
+}
