@@ -80,6 +80,10 @@ fn json_object(_: &mut SchemaGenerator) -> Schema {
 const READ: &[u16] = &[401, 404, 503];
 /// A POST that creates or changes state, authenticated.
 const WRITE: &[u16] = &[400, 401, 404, 409, 413, 422, 503];
+/// A POST that may be paid over x402 (402 when unpaid or the payment is refused).
+const PAID: &[u16] = &[400, 401, 402, 404, 409, 413, 422, 503];
+/// The x402 payment header of a paid retry.
+const PAYMENT_SIGNATURE: Param = Param { location: "header", name: "PAYMENT-SIGNATURE", required: false, description: "x402 v2: base64 of the JSON PaymentPayload answering a 402's PAYMENT-REQUIRED header (deployments with x402 only)", pattern: None };
 
 #[rustfmt::skip]
 pub const OPERATIONS: &[Operation] = &[
@@ -122,9 +126,9 @@ pub const OPERATIONS: &[Operation] = &[
         request: None, idempotent: false, params: &[],
         responses: &[ok(200, "The quote", s::<Quote>())], problems: READ },
     Operation { method: "POST", path: "/settlements", operation_id: "createSettlement",
-        summary: "Route a quote to a settlement provider: payment request and unfunded entitlement",
-        request: Some(s::<SettlementRequest>()), idempotent: true, params: &[],
-        responses: &[ok(201, "The provider route", s::<ProviderRoute>())], problems: WRITE },
+        summary: "Route a quote to a settlement provider: payment request and unfunded entitlement (x402: paid in this request, funded at once)",
+        request: Some(s::<SettlementRequest>()), idempotent: true, params: &[PAYMENT_SIGNATURE],
+        responses: &[ok(201, "The provider route", s::<ProviderRoute>())], problems: PAID },
     Operation { method: "GET", path: "/settlements/{settlement_id}", operation_id: "getSettlement",
         summary: "One of the caller's provider routes",
         request: None, idempotent: false, params: &[],
@@ -144,9 +148,9 @@ pub const OPERATIONS: &[Operation] = &[
         request: None, idempotent: false, params: &[],
         responses: &[ok(200, "The entitlement", s::<CreditEntitlement>())], problems: READ },
     Operation { method: "POST", path: "/runs", operation_id: "createRun",
-        summary: "Start a run: hold the quote's credits, store the contract and evidence, enqueue",
-        request: Some(s::<RunRequest>()), idempotent: true, params: &[],
-        responses: &[ok(202, "Stored and queued", s::<RunAccepted>())], problems: WRITE },
+        summary: "Start a run: hold the quote's credits, store the contract and evidence, enqueue (without credit_entitlement_id: pay this run over x402)",
+        request: Some(s::<RunRequest>()), idempotent: true, params: &[PAYMENT_SIGNATURE],
+        responses: &[ok(202, "Stored and queued (paid over x402: with a PAYMENT-RESPONSE header)", s::<RunAccepted>())], problems: PAID },
     Operation { method: "GET", path: "/runs/{run_id}", operation_id: "getRun",
         summary: "The full loop payload: state, next action and a link to every object",
         request: None, idempotent: false, params: &[],
@@ -240,6 +244,7 @@ fn problem_description(status: u16) -> String {
         400 => "Malformed request: the body is not JSON, or a header (Idempotency-Key, webhook-timestamp) is malformed".into(),
         401 => "No or unknown access key (`Authorization: Bearer <access key>`), or a rejected provider signature".into(),
         404 => "No such object visible to the caller (other agents' objects are 404 too)".into(),
+        402 => "Payment required (x402 v2): the PAYMENT-REQUIRED header (base64 JSON PaymentRequired) says what to pay; resend with PAYMENT-SIGNATURE. A refused payment is a 402 too, its `field` naming what was wrong".into(),
         409 => "Conflicts with the object's state, or a concurrent update (retry)".into(),
         413 => format!("Request body over {MAX_BODY_BYTES} bytes"),
         422 => "A field is invalid (the problem's `field` names it), or the Idempotency-Key was used with another request".into(),

@@ -629,3 +629,172 @@ async fn a_settle_that_fails_after_verify_funds_nothing() {
     );
     rt.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn prepaid_credits_paid_over_x402_fund_an_entitlement_that_runs_work() {
+    let Some(peers) = x402::peers() else { return };
+    let _turn = TURN.lock().await;
+    let rt = runtime("x402-topup", &peers, |_| {}).await;
+    let p = payer(&rt, "x402-topup-payer").await;
+    let (payer_addr, key) = payer_key(&peers, 2);
+    let credits = 3 * p.quote["price_credits"].as_i64().unwrap();
+    let body = json!({"quote_id": p.quote["quote_id"], "provider": "x402", "credits": credits});
+    let url = format!("{}/settlements", rt.base_url);
+    let (status, headers, problem) =
+        post_paid(&url, p.agent.access_key.as_deref().unwrap(), &body, None).await;
+    assert_eq!(status, 402, "{problem}");
+    let required = x402::decode_header(&headers["payment-required"]);
+    let amount = (credits as u128 * RATE as u128).to_string();
+    assert_eq!(required["accepts"][0]["amount"], amount.as_str());
+
+    let before = balance(&peers, &payer_addr).await;
+    let file = write_body("x402-topup-body", &body);
+    let out = pay_py(
+        &peers,
+        &[
+            "pay",
+            "--url",
+            &url,
+            "--method",
+            "POST",
+            "--json-file",
+            &file,
+            "--header",
+            &auth(&p.agent),
+            "--payer-key",
+            &key,
+            "--network",
+            peers["network"].as_str().unwrap(),
+            "--asset",
+            peers["asset"].as_str().unwrap(),
+            "--max-amount",
+            &amount,
+        ],
+    )
+    .await;
+    assert_eq!(out["status"], 201, "{out}");
+    let route = &out["body"];
+    assert_eq!(route["status"], "confirmed");
+    assert_eq!(route["provider"], "x402");
+    assert_eq!(
+        route["payment"]["transaction"],
+        out["payment_response"]["transaction"]
+    );
+    assert_eq!(
+        balance(&peers, &payer_addr).await,
+        before - amount.parse::<u128>().unwrap()
+    );
+    let ent_id = route["credit_entitlement_id"].as_str().unwrap();
+    let ent = p
+        .agent
+        .ok("GET", &format!("/credit-entitlements/{ent_id}"), None)
+        .await
+        .unwrap();
+    assert_eq!(ent["status"], "funded");
+    assert_eq!(ent["balances"]["available"], credits);
+
+    // The prepaid entitlement pays a run like any other (no payment header needed).
+    let mut run = p.body.clone();
+    run["credit_entitlement_id"] = json!(ent_id);
+    let accepted = p.agent.ok("POST", "/runs", Some(&run)).await.unwrap();
+    wait_delivered(&p.agent, accepted["run_id"].as_str().unwrap()).await;
+    rt.shutdown().await;
+}
+
+/// The same pay-per-run through the deployed shape: the real function binaries behind the
+/// emulator's HTTP API (run_contract verifies and settles inside its Lambda), over moto.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_paid_over_x402_through_the_lambda_functions_on_the_emulator() {
+    let Some(peers) = x402::peers() else { return };
+    let Some(info) = tokenops_tests::emulator_info().await else {
+        return;
+    };
+    let _turn = TURN.lock().await;
+    let api = info["api_url"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_string();
+    let receiver = Receiver::default();
+    let callback_url = receiver.start().await.expect("receiver");
+    let agent = Agent::onboard(&api, "x402-emulated-payer", &callback_url)
+        .await
+        .expect("onboard");
+    receiver.add_secret(&agent.callback_secret);
+    let quote = agent
+        .ok("POST", "/quotes", Some(&json!({"requested_tool": "tokenops", "requested_capability": "tokenops_result_package"})))
+        .await
+        .unwrap();
+    assert!(
+        quote["x402"].is_object(),
+        "the emulator runs without x402 (scripts/test-all passes --set X402FacilitatorUrl=…): {quote}"
+    );
+    let price: u128 = quote["x402"]["amount"].as_str().unwrap().parse().unwrap();
+    let body = json!({
+        "trust_profile_id": agent.trust_profile_id,
+        "quote_id": quote["quote_id"],
+        "requested_tool": "tokenops",
+        "requested_capability": "tokenops_result_package",
+        "evidence": x402::paid_run_evidence(quote["quote_id"].as_str().unwrap()),
+        "callback_url": callback_url,
+    });
+    let (payer_addr, key) = payer_key(&peers, 1);
+    let pay_to = peers["pay_to"].as_str().unwrap();
+    let (payer_before, to_before) = (
+        balance(&peers, &payer_addr).await,
+        balance(&peers, pay_to).await,
+    );
+    let file = write_body("x402-emulated-body", &body);
+    let started = std::time::Instant::now();
+    let out = pay_py(
+        &peers,
+        &[
+            "pay",
+            "--url",
+            &format!("{api}/runs"),
+            "--method",
+            "POST",
+            "--json-file",
+            &file,
+            "--header",
+            &auth(&agent),
+            "--payer-key",
+            &key,
+            "--network",
+            peers["network"].as_str().unwrap(),
+            "--asset",
+            peers["asset"].as_str().unwrap(),
+            "--max-amount",
+            &price.to_string(),
+        ],
+    )
+    .await;
+    assert_eq!(out["status"], 202, "{out}");
+    let tx = out["payment_response"]["transaction"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let run_id = out["body"]["run_id"].as_str().unwrap().to_string();
+    let run = agent
+        .wait(&format!("/runs/{run_id}"), Duration::from_secs(120), |r| {
+            r["state"] == "callback_delivered" && r["attested"] == true
+        })
+        .await
+        .expect("the paid run is delivered through the emulated functions");
+    eprintln!(
+        "emulated paid run {run_id}: paid → delivered and attested in {} ms",
+        started.elapsed().as_millis()
+    );
+    assert_eq!(receiver.verified_for(&run_id).len(), 1);
+    assert_eq!(balance(&peers, &payer_addr).await, payer_before - price);
+    assert_eq!(balance(&peers, pay_to).await, to_before + price);
+    assert_eq!(receipt_status(&peers, &tx).await, Some(1));
+    let receipt_id = run["objects"]["settlement_receipt"][0]["id"]
+        .as_str()
+        .unwrap();
+    let receipt = agent
+        .ok("GET", &format!("/receipts/{receipt_id}"), None)
+        .await
+        .unwrap();
+    assert_eq!(receipt["payment"]["transaction"], tx.as_str());
+}
