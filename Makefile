@@ -1,10 +1,14 @@
-# Tiers: `make run` (the reference loop), `make test` (every test), `make check` (fmt + clippy),
+# Tiers: `make run` (the reference loop), `make run-x402` (the same loop paid over HTTP 402 with
+# a local chain and the official x402 SDK), `make test` (every test), `make check` (fmt + clippy),
 # `make infra` (the SAM template's offline checks + `sam build`; part of `make test`),
 # `make bench` (throughput on the embedded default). All build and install what they need.
-.PHONY: run serve test check infra bench
+.PHONY: run run-x402 serve test check infra bench
 
 run:
 	cargo run --bin tokenops -- reference-run
+
+run-x402:
+	scripts/run-x402
 
 serve:
 	cargo run --bin tokenops -- serve --port 8787

@@ -233,6 +233,24 @@ pub fn full_evidence(ent_id: &str, settlement_id: &str) -> Value {
     })
 }
 
+/// Evidence for a run paid over x402 in its own request: the settlement is an x402 one, and the
+/// ledger entry and usage receipt name the quote (the entitlement is created by the paying
+/// request, so it cannot be named in advance).
+pub fn paid_evidence(quote_id: &str) -> Value {
+    json!({
+        "records": [
+            {"category": "settlement_reference", "name": "settlement.json", "data": {"settlement_reference": "x402-exact", "provider": "x402"}},
+            {"category": "payment_request", "name": "payment-request.json", "data": {"provider": "x402", "settlement_reference": "x402-exact"}},
+            {"category": "credit_ledger_entry", "name": "credit-ledger.json", "data": {"credit_entitlement_id": quote_id, "credits": 10}},
+            {"category": "work_order", "name": "work-order.json", "data": {"requested_tool": "tokenops", "requested_capability": "tokenops_result_package"}},
+            {"category": "usage_receipt", "name": "usage-receipt.json", "data": {"credit_entitlement_id": quote_id, "credits_debited": 1}}
+        ],
+        "file_manifest": [
+            {"name": "settlement-export.csv", "media_type": "text/csv", "size": 2048, "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}
+        ]
+    })
+}
+
 /// The seed's partial case: payment request and usage receipt missing.
 pub fn partial_evidence(ent_id: &str, settlement_id: &str) -> Value {
     let mut e = full_evidence(ent_id, settlement_id);

@@ -7,6 +7,7 @@ pub mod asl;
 pub mod bench;
 pub mod emulator;
 pub mod orchestrator;
+pub mod paid_run;
 pub mod reference;
 pub mod runtime;
 pub mod server;

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use tokenops_local::orchestrator::Faults;
 use tokenops_local::runtime::{Options, Runtime};
-use tokenops_local::{bench, reference, verify};
+use tokenops_local::{bench, paid_run, reference, verify};
 
 #[derive(Parser)]
 #[command(
@@ -48,6 +48,10 @@ enum Cmd {
         /// Data dir (default: a new temporary directory).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Pay the run over x402 instead: the info file of `local/x402/peers.py up` (a local
+        /// chain, the test token, the official SDK's facilitator); `make run-x402` starts them.
+        #[arg(long)]
+        x402_peers: Option<PathBuf>,
     },
     /// Redrive a failed run from the stage that failed (as the local operator: the key is in the
     /// data dir). The server must be running on that data dir.
@@ -255,18 +259,41 @@ async fn main() -> ExitCode {
             rt.shutdown().await;
             ExitCode::SUCCESS
         }
-        Cmd::ReferenceRun { data_dir } => {
+        Cmd::ReferenceRun {
+            data_dir,
+            x402_peers,
+        } => {
             init_logs("warn,dynoxide=error");
             let dir = data_dir.unwrap_or_else(|| temp_dir("reference"));
             eprintln!("tokenops reference-run: data dir {}", dir.display());
-            let rt = match Runtime::start(Options::new(&dir, 0)).await {
+            let mut opts = Options::new(&dir, 0);
+            let peers = match x402_peers.as_deref().map(paid_run::peers).transpose() {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("reference-run: x402 peers: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if let Some(p) = &peers {
+                match paid_run::config(p, 10_000) {
+                    Ok(c) => opts.x402 = Some(c),
+                    Err(e) => {
+                        eprintln!("reference-run: x402 peers: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            let rt = match Runtime::start(opts).await {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("reference-run: {e}");
                     return ExitCode::FAILURE;
                 }
             };
-            let outcome = reference::play(&rt.base_url).await;
+            let outcome = match &peers {
+                Some(p) => paid_run::play(&rt.base_url, p).await,
+                None => reference::play(&rt.base_url).await,
+            };
             rt.shutdown().await;
             match outcome {
                 Ok(payload) => {

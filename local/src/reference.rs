@@ -27,7 +27,7 @@ fn progress(step: usize, stage: &str, detail: &str) {
 }
 
 /// Prints each stage as it appears on the run, until the run is delivered and attested.
-async fn follow(
+pub(crate) async fn follow(
     agent: &Agent,
     run_id: &str,
     shown: &mut usize,

@@ -23,34 +23,7 @@ pub fn peers() -> Option<Value> {
 
 /// The x402 configuration that points TokenOps at the peers.
 pub fn config(p: &Value, rate: u64) -> tokenops::x402::X402Config {
-    let s = |k: &str| p[k].as_str().expect(k).to_string();
-    tokenops::x402::X402Config {
-        facilitator_url: s("facilitator_url"),
-        network: s("network"),
-        asset: s("asset"),
-        asset_name: s("asset_name"),
-        asset_version: s("asset_version"),
-        pay_to: s("pay_to"),
-        atomic_per_credit: rate,
-        max_timeout_secs: 300,
-        rpc_url: s("rpc_url"),
-        timeout: std::time::Duration::from_secs(20),
-    }
-}
-
-/// The same settings as `--set` parameters of `tokenops emulator` / env of `tokenops serve`.
-pub fn env(p: &Value, rate: u64) -> Vec<(String, String)> {
-    let s = |k: &str| p[k].as_str().expect(k).to_string();
-    vec![
-        ("X402_FACILITATOR_URL".into(), s("facilitator_url")),
-        ("X402_NETWORK".into(), s("network")),
-        ("X402_ASSET".into(), s("asset")),
-        ("X402_ASSET_NAME".into(), s("asset_name")),
-        ("X402_ASSET_VERSION".into(), s("asset_version")),
-        ("X402_PAY_TO".into(), s("pay_to")),
-        ("X402_ATOMIC_PER_CREDIT".into(), rate.to_string()),
-        ("X402_RPC_URL".into(), s("rpc_url")),
-    ]
+    tokenops_local::paid_run::config(p, rate).expect("the peers file configures x402")
 }
 
 /// One JSON-RPC call to the chain.
@@ -110,23 +83,6 @@ pub async fn pay_py(p: &Value, args: &[&str]) -> Value {
             out.status.code(),
             String::from_utf8_lossy(&out.stderr)
         )
-    })
-}
-
-/// The evidence an agent sends with a paid run: its settlement is an x402 one, and its ledger
-/// entry names the quote (the entitlement is created by the paying request itself).
-pub fn paid_run_evidence(quote_id: &str) -> Value {
-    json!({
-        "records": [
-            {"category": "settlement_reference", "name": "settlement.json", "data": {"settlement_reference": "x402-exact", "provider": "x402"}},
-            {"category": "payment_request", "name": "payment-request.json", "data": {"provider": "x402", "settlement_reference": "x402-exact"}},
-            {"category": "credit_ledger_entry", "name": "credit-ledger.json", "data": {"credit_entitlement_id": quote_id, "credits": 10}},
-            {"category": "work_order", "name": "work-order.json", "data": {"requested_tool": "tokenops", "requested_capability": "tokenops_result_package"}},
-            {"category": "usage_receipt", "name": "usage-receipt.json", "data": {"credit_entitlement_id": quote_id, "credits_debited": 1}}
-        ],
-        "file_manifest": [
-            {"name": "settlement-export.csv", "media_type": "text/csv", "size": 2048, "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}
-        ]
     })
 }
 

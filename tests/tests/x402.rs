@@ -64,7 +64,7 @@ async fn payer(rt: &Runtime, name: &str) -> Payer {
         "quote_id": quote["quote_id"],
         "requested_tool": "tokenops",
         "requested_capability": "tokenops_result_package",
-        "evidence": x402::paid_run_evidence(quote["quote_id"].as_str().unwrap()),
+        "evidence": tokenops_local::agent::paid_evidence(quote["quote_id"].as_str().unwrap()),
         "callback_url": callback_url,
     });
     Payer {
@@ -735,7 +735,7 @@ async fn a_run_paid_over_x402_through_the_lambda_functions_on_the_emulator() {
         "quote_id": quote["quote_id"],
         "requested_tool": "tokenops",
         "requested_capability": "tokenops_result_package",
-        "evidence": x402::paid_run_evidence(quote["quote_id"].as_str().unwrap()),
+        "evidence": tokenops_local::agent::paid_evidence(quote["quote_id"].as_str().unwrap()),
         "callback_url": callback_url,
     });
     let (payer_addr, key) = payer_key(&peers, 1);
