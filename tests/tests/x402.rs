@@ -113,6 +113,41 @@ async fn sign(peers: &Value, rt: &Runtime, p: &Payer, key: &str, variant: &str) 
     out
 }
 
+/// Sends the request through the official x402 client (its requests wrapper answers the 402 by
+/// itself), paying from `key` at most `max_amount`; returns pay.py's JSON.
+async fn official_pay(
+    peers: &Value,
+    url: &str,
+    body_file: &str,
+    agent: &Agent,
+    key: &str,
+    max_amount: &str,
+) -> Value {
+    pay_py(
+        peers,
+        &[
+            "pay",
+            "--url",
+            url,
+            "--method",
+            "POST",
+            "--json-file",
+            body_file,
+            "--header",
+            &auth(agent),
+            "--payer-key",
+            key,
+            "--network",
+            peers["network"].as_str().unwrap(),
+            "--asset",
+            peers["asset"].as_str().unwrap(),
+            "--max-amount",
+            max_amount,
+        ],
+    )
+    .await
+}
+
 fn payer_key(peers: &Value, i: usize) -> (String, String) {
     let p = &peers["payers"][i];
     (
@@ -182,27 +217,13 @@ async fn a_run_paid_with_the_official_client_is_delivered_with_the_payment_in_it
     );
     let body = write_body("x402-pay-body", &p.body);
     let started = std::time::Instant::now();
-    let out = pay_py(
+    let out = official_pay(
         &peers,
-        &[
-            "pay",
-            "--url",
-            &format!("{}/runs", rt.base_url),
-            "--method",
-            "POST",
-            "--json-file",
-            &body,
-            "--header",
-            &auth(&p.agent),
-            "--payer-key",
-            &key,
-            "--network",
-            peers["network"].as_str().unwrap(),
-            "--asset",
-            peers["asset"].as_str().unwrap(),
-            "--max-amount",
-            &price.to_string(),
-        ],
+        &format!("{}/runs", rt.base_url),
+        &body,
+        &p.agent,
+        &key,
+        &price.to_string(),
     )
     .await;
     assert_eq!(out["status"], 202, "{out}");
@@ -425,6 +446,15 @@ async fn each_bad_payment_is_refused_naming_what_is_wrong_and_nothing_moves() {
         assert_eq!(balance(&peers, &pay_to).await, b_to, "{variant}");
         eprintln!("{variant}: 402 {field}: {}", problem["detail"]);
     }
+    // Not a payment at all.
+    let items = item_count(&rt).await;
+    let (status, _, problem) = post_paid(&url, &access, &p.body, Some("not a payment")).await;
+    assert_eq!(
+        (status, problem["field"].as_str()),
+        (402, Some("PAYMENT-SIGNATURE")),
+        "{problem}"
+    );
+    assert_eq!(item_count(&rt).await, items, "junk: nothing written");
     rt.shutdown().await;
 
     // The facilitator cannot be reached: 503, retryable, nothing funded or written.
@@ -649,29 +679,7 @@ async fn prepaid_credits_paid_over_x402_fund_an_entitlement_that_runs_work() {
 
     let before = balance(&peers, &payer_addr).await;
     let file = write_body("x402-topup-body", &body);
-    let out = pay_py(
-        &peers,
-        &[
-            "pay",
-            "--url",
-            &url,
-            "--method",
-            "POST",
-            "--json-file",
-            &file,
-            "--header",
-            &auth(&p.agent),
-            "--payer-key",
-            &key,
-            "--network",
-            peers["network"].as_str().unwrap(),
-            "--asset",
-            peers["asset"].as_str().unwrap(),
-            "--max-amount",
-            &amount,
-        ],
-    )
-    .await;
+    let out = official_pay(&peers, &url, &file, &p.agent, &key, &amount).await;
     assert_eq!(out["status"], 201, "{out}");
     let route = &out["body"];
     assert_eq!(route["status"], "confirmed");
@@ -746,27 +754,13 @@ async fn a_run_paid_over_x402_through_the_lambda_functions_on_the_emulator() {
     );
     let file = write_body("x402-emulated-body", &body);
     let started = std::time::Instant::now();
-    let out = pay_py(
+    let out = official_pay(
         &peers,
-        &[
-            "pay",
-            "--url",
-            &format!("{api}/runs"),
-            "--method",
-            "POST",
-            "--json-file",
-            &file,
-            "--header",
-            &auth(&agent),
-            "--payer-key",
-            &key,
-            "--network",
-            peers["network"].as_str().unwrap(),
-            "--asset",
-            peers["asset"].as_str().unwrap(),
-            "--max-amount",
-            &price.to_string(),
-        ],
+        &format!("{api}/runs"),
+        &file,
+        &agent,
+        &key,
+        &price.to_string(),
     )
     .await;
     assert_eq!(out["status"], 202, "{out}");

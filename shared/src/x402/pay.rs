@@ -187,13 +187,13 @@ pub fn required(pr: &PayRequest<'_>, why: &str) -> ApiError {
     )
 }
 
-fn refused(pr: &PayRequest<'_>, field: &str, detail: impl Into<String>) -> ApiError {
-    payment_problem(
-        pr,
-        "payment-invalid",
-        Some(&format!("PAYMENT-SIGNATURE.{field}")),
-        detail,
-    )
+/// A refused payment; `part` is the path inside the decoded header ("" for the header itself).
+fn refused(pr: &PayRequest<'_>, part: &str, detail: impl Into<String>) -> ApiError {
+    let field = match part {
+        "" => "PAYMENT-SIGNATURE".to_string(),
+        p => format!("PAYMENT-SIGNATURE.{p}"),
+    };
+    payment_problem(pr, "payment-invalid", Some(&field), detail)
 }
 
 fn facilitator_down(e: FacilitatorError) -> ApiError {
