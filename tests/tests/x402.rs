@@ -391,6 +391,38 @@ async fn one_payment_resent_in_sequence_and_ten_at_once_funds_one_run_once() {
         payer_before - price,
         "charged once"
     );
+
+    // The payment-identifier extension keys a payment too: a client that re-signs (a new
+    // nonce) under the same id gets its first outcome, and the second authorization is never
+    // settled.
+    let p3 = payer(&rt, "x402-identified").await;
+    let with_id = |signed: &Value| {
+        let mut payload = signed["payload"].clone();
+        payload["extensions"] = json!({"payment-identifier": {"info": {"required": false, "id": "pay_0123456789abcdef0123"}}});
+        tokenops::x402::encode_header(&payload)
+    };
+    let first = with_id(&sign(&peers, &rt, &p3, &key, "good").await);
+    let second = with_id(&sign(&peers, &rt, &p3, &key, "good").await);
+    assert_ne!(first, second);
+    let payer_before = balance(&peers, &payer_addr).await;
+    let access = p3.agent.access_key.clone().unwrap();
+    let (status, _, a) = post_paid(&url, &access, &p3.body, Some(&first)).await;
+    assert_eq!(status, 202, "{a}");
+    let (status, headers, b) = post_paid(&url, &access, &p3.body, Some(&second)).await;
+    assert_eq!(
+        (status, b["run_id"].as_str()),
+        (202, a["run_id"].as_str()),
+        "{b}"
+    );
+    assert_eq!(
+        headers.get("idempotent-replayed").map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(
+        balance(&peers, &payer_addr).await,
+        payer_before - price,
+        "one of the two settled"
+    );
     rt.shutdown().await;
 }
 

@@ -383,6 +383,11 @@ pub async fn pay<S: Store, F: Facilitator, C: ChainReader>(
         .await
         .map_err(facilitator_down)?;
     if !v.is_valid {
+        // A send of this payment that raced ours may have claimed and settled it meanwhile (the
+        // facilitator then calls its nonce used): its outcome, not a refusal.
+        if let Some(r) = lookup(ctx, &payment_key, alias.as_ref()).await? {
+            return outcome(ctx, r, pr).await;
+        }
         let reason = v.invalid_reason.unwrap_or_else(|| "invalid".into());
         let msg = v
             .invalid_message
@@ -585,8 +590,14 @@ async fn settle_claimed<S: Store, F: Facilitator, C: ChainReader>(
                 .authorization_used(&r.payment.asset, &r.payment.payer, &r.payment.nonce)
                 .await;
             match used {
-                Ok(false) if s.transaction.is_empty() => fail(ctx, r, &from, &reason).await,
                 Ok(true) => resolve_used(ctx, ports, r, &from).await,
+                // The facilitator sees the nonce used while the chain's latest block does not: a
+                // transaction using it is in flight. Only the chain can end this one.
+                Ok(false) if says_used(&reason) => mark_pending(ctx, r, &from).await,
+                // Refused before anything was broadcast, on the first attempt: nothing moved.
+                Ok(false) if s.transaction.is_empty() && from == SETTLING => {
+                    fail(ctx, r, &from, &reason).await
+                }
                 // Broadcast, yet unused: reverted (or not mined yet). If the facilitator now
                 // refuses it, it can never settle through it: failed, nothing moved.
                 Ok(false) => settle_no_more(ctx, ports, r, &from).await,
@@ -612,12 +623,18 @@ async fn settle_no_more<S: Store, F: Facilitator, C: ChainReader>(
     from: &str,
 ) -> Result<PaymentRecord, StoreError> {
     match ports.facilitator.verify(&r.payload, &r.requirements).await {
-        Ok(v) if !v.is_valid => {
+        Ok(v) if !v.is_valid && !says_used(v.invalid_reason.as_deref().unwrap_or_default()) => {
             let reason = v.invalid_reason.unwrap_or_else(|| "invalid".into());
             fail(ctx, r, from, &reason).await
         }
         _ => mark_pending(ctx, r, from).await,
     }
+}
+
+/// A refusal because the authorization's nonce is (being) used: money may be moving.
+fn says_used(reason: &str) -> bool {
+    let r = reason.to_ascii_lowercase();
+    r.contains("nonce") || r.contains("used")
 }
 
 async fn resolve_used<S: Store, F: Facilitator, C: ChainReader>(
