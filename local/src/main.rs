@@ -110,16 +110,21 @@ enum Cmd {
     },
     /// Run N reference loops at a concurrency and print throughput, latency and request counts.
     Bench {
+        /// Runs per concurrency level.
         #[arg(long, default_value_t = 100)]
         runs: usize,
-        #[arg(long, default_value_t = 8)]
-        concurrency: usize,
+        /// One level or several, comma-separated (e.g. 1,4,16,32,64): a row each.
+        #[arg(long, value_delimiter = ',', default_value = "8")]
+        concurrency: Vec<usize>,
         #[arg(long)]
         data_dir: Option<PathBuf>,
         /// Bench a running deployment instead of the embedded default: its API base URL (the
-        /// emulator's API, or a deployed stack's). DynamoDB requests are then not counted.
+        /// emulator's API, or a deployed stack's). Requests are then not counted or priced.
         #[arg(long, conflicts_with = "data_dir")]
         api: Option<String>,
+        /// One JSON object per level on stdout instead of the table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -408,34 +413,50 @@ async fn main() -> ExitCode {
             concurrency,
             data_dir,
             api,
+            json,
         } => {
             init_logs("error,dynoxide=off");
-            let report = match api {
-                Some(api) => bench::run(&api, runs, concurrency, || None).await,
+            let rt = match &api {
+                Some(_) => None,
                 None => {
                     let dir = data_dir.unwrap_or_else(|| temp_dir("bench"));
-                    let rt = match Runtime::start(Options::new(&dir, 0)).await {
-                        Ok(rt) => rt,
+                    match Runtime::start(Options::new(&dir, 0)).await {
+                        Ok(rt) => Some(rt),
                         Err(e) => {
                             eprintln!("bench: {e}");
                             return ExitCode::FAILURE;
                         }
-                    };
-                    let store = rt.ctx.store.clone();
-                    let report = bench::run(&rt.base_url, runs, concurrency, || {
-                        Some(tokenops::store::Store::requests(&store))
-                    })
-                    .await;
-                    rt.shutdown().await;
-                    report
+                    }
                 }
             };
-            match report {
-                Ok(r) => {
-                    println!("{}", r.to_json());
-                    ExitCode::SUCCESS
+            let base =
+                api.unwrap_or_else(|| rt.as_ref().map(|r| r.base_url.clone()).unwrap_or_default());
+            let mut reports = Vec::new();
+            let mut failed = None;
+            for c in concurrency {
+                eprintln!("bench: {runs} runs at concurrency {c}");
+                match bench::run(&base, runs, c, rt.as_ref()).await {
+                    Ok(r) => {
+                        if json {
+                            println!("{}", r.to_json());
+                        }
+                        reports.push(r);
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
                 }
-                Err(e) => {
+            }
+            if let Some(rt) = rt {
+                rt.shutdown().await;
+            }
+            if !json && !reports.is_empty() {
+                print!("{}", bench::table(&reports));
+            }
+            match failed {
+                None => ExitCode::SUCCESS,
+                Some(e) => {
                     eprintln!("bench failed: {e}");
                     ExitCode::FAILURE
                 }

@@ -44,6 +44,26 @@ pub struct LocalTasks {
     pub ctx: Ctx<DynamoStore>,
     pub sender: HttpSender,
     pub faults: Faults,
+    /// The engine's own records (executions, checkpoints): what Step Functions keeps in AWS,
+    /// so counted apart from the handlers' requests.
+    pub engine_store: DynamoStore,
+    pub counters: Arc<EngineCounters>,
+}
+
+/// What the engine did: states entered (Step Functions' billed state transitions) and Task
+/// states run (Lambda invocations in AWS).
+#[derive(Default)]
+pub struct EngineCounters {
+    transitions: std::sync::atomic::AtomicU64,
+    tasks: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EngineCounts {
+    pub transitions: u64,
+    pub tasks: u64,
+    /// The engine's own store requests (standing in for Step Functions' state).
+    pub store_requests: u64,
 }
 
 impl TaskDispatcher for LocalTasks {
@@ -87,6 +107,7 @@ impl TaskDispatcher for LocalTasks {
 #[derive(Clone)]
 pub struct LocalOrchestrator {
     store: DynamoStore,
+    counters: Arc<EngineCounters>,
     tx: mpsc::UnboundedSender<String>,
     /// Executions a worker of this process is running now: the relay resumes only the others.
     active: Arc<Mutex<HashSet<String>>>,
@@ -227,6 +248,15 @@ impl Faults {
 }
 
 impl LocalOrchestrator {
+    pub fn counts(&self) -> EngineCounts {
+        use std::sync::atomic::Ordering::Relaxed;
+        EngineCounts {
+            transitions: self.counters.transitions.load(Relaxed),
+            tasks: self.counters.tasks.load(Relaxed),
+            store_requests: tokenops::store::Store::requests(&self.store).total(),
+        }
+    }
+
     /// Starts the worker that runs executions, and resumes every execution left RUNNING.
     pub async fn start_workers(
         ctx: Ctx<DynamoStore>,
@@ -235,8 +265,11 @@ impl LocalOrchestrator {
         faults: Faults,
     ) -> Result<Self, StoreError> {
         let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        let engine_store = ctx.store.counted_apart();
+        let counters = Arc::new(EngineCounters::default());
         let orch = LocalOrchestrator {
-            store: ctx.store.clone(),
+            store: engine_store.clone(),
+            counters: counters.clone(),
             tx,
             active: Arc::default(),
             resumes: Arc::default(),
@@ -245,6 +278,8 @@ impl LocalOrchestrator {
             ctx: ctx.clone(),
             sender,
             faults: faults.clone(),
+            engine_store,
+            counters,
         };
         let engine = Arc::new(engine);
         let faults = Arc::new(faults);
@@ -295,7 +330,7 @@ impl LocalOrchestrator {
             }
         });
         // Data dirs from before the RUNNING index: index what runs, once, at start.
-        let unindexed: Vec<Write> = ctx
+        let unindexed: Vec<Write> = orch
             .store
             .query("EXEC", "EXEC#", None)
             .await?
@@ -304,7 +339,7 @@ impl LocalOrchestrator {
             .map(|i| running_write(i.key.sk.trim_start_matches("EXEC#")))
             .collect();
         for w in unindexed {
-            ctx.store.transact(vec![w]).await?;
+            orch.store.transact(vec![w]).await?;
         }
         orch.resume_stalled().await?;
         Ok(orch)
@@ -364,7 +399,7 @@ async fn run_execution(
     faults: &Faults,
     name: &str,
 ) -> Result<Option<FailedExecution>, StoreError> {
-    let store = &tasks.ctx.store;
+    let store = &tasks.engine_store;
     let backoff = tasks.ctx.config.transient;
     let def = definition();
     let key = exec_key(name);
@@ -377,6 +412,13 @@ async fn run_execution(
         .decode()?;
     while matches!(st.status, ExecutionStatus::Running) {
         let state_name = st.current.clone().unwrap_or_default();
+        {
+            use std::sync::atomic::Ordering::Relaxed;
+            tasks.counters.transitions.fetch_add(1, Relaxed);
+            if def.state_type(&state_name) == Some("Task") {
+                tasks.counters.tasks.fetch_add(1, Relaxed);
+            }
+        }
         engine
             .step(&def, &mut st, tasks)
             .await

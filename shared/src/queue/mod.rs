@@ -9,7 +9,7 @@ mod sqs;
 mod store;
 
 pub use sqs::SqsQueue;
-pub use store::StoreQueue;
+pub use store::{QueueOps, StoreQueue};
 
 use crate::model::RunMessage;
 use crate::store::{Item, Key, Write};

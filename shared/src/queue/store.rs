@@ -15,6 +15,30 @@ pub struct StoreQueue<S> {
     name: String,
     visibility_ms: i64,
     max_receives: i64,
+    /// The SQS requests this queue stands in for (the bench prices them).
+    ops: std::sync::Arc<QueueOpCounters>,
+}
+
+#[derive(Default)]
+pub struct QueueOpCounters {
+    sends: std::sync::atomic::AtomicU64,
+    receives: std::sync::atomic::AtomicU64,
+    deletes: std::sync::atomic::AtomicU64,
+}
+
+/// SQS requests made through the queue: `SendMessage`, `ReceiveMessage` that returned messages
+/// (idle polls are the consumer's, not a run's), `DeleteMessage`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QueueOps {
+    pub sends: u64,
+    pub receives: u64,
+    pub deletes: u64,
+}
+
+impl QueueOps {
+    pub fn total(&self) -> u64 {
+        self.sends + self.receives + self.deletes
+    }
 }
 
 fn now_ms() -> i64 {
@@ -28,6 +52,15 @@ impl<S: Store> StoreQueue<S> {
             name: name.into(),
             visibility_ms: visibility_secs * 1000,
             max_receives,
+            ops: Default::default(),
+        }
+    }
+    pub fn ops(&self) -> QueueOps {
+        use std::sync::atomic::Ordering::Relaxed;
+        QueueOps {
+            sends: self.ops.sends.load(Relaxed),
+            receives: self.ops.receives.load(Relaxed),
+            deletes: self.ops.deletes.load(Relaxed),
         }
     }
     fn pk(&self) -> String {
@@ -62,6 +95,9 @@ impl<S: Store> RunQueue for StoreQueue<S> {
         .num("receives", 0)
         .attr("receipt", "-");
         self.store.transact(vec![Write::create(item)]).await?;
+        self.ops
+            .sends
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(id)
     }
 
@@ -123,6 +159,11 @@ impl<S: Store> RunQueue for StoreQueue<S> {
                 Err(e) => return Err(e),
             }
         }
+        if !out.is_empty() {
+            self.ops
+                .receives
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(out)
     }
 
@@ -131,6 +172,9 @@ impl<S: Store> RunQueue for StoreQueue<S> {
             key: Key::new(self.pk(), format!("MSG#{}", d.message_id)),
             conds: vec![Cond::AttrEq("receipt".into(), d.receipt.clone())],
         };
+        self.ops
+            .deletes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match self.store.transact(vec![w]).await {
             // Our receipt expired and someone else holds the message: SQS ignores such deletes too.
             Ok(()) | Err(StoreError::ConditionFailed) => Ok(()),

@@ -13,7 +13,7 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_dynamodb::Client;
 
-use super::{Cond, Item, Key, Store, Write};
+use super::{Cond, Item, Key, RequestCounts, Store, Write};
 use crate::error::StoreError;
 
 /// Attributes with a fixed meaning; every other `S` is an attr and every other `N` a number.
@@ -23,7 +23,25 @@ pub const TABLE_ATTRIBUTES: [&str; 6] = ["pk", "sk", "kind", "owner", "doc", "tt
 pub struct DynamoStore {
     client: Client,
     table: Arc<str>,
-    requests: Arc<AtomicU64>,
+    counters: Arc<Counters>,
+}
+
+/// Requests sent, by what DynamoDB bills them as.
+#[derive(Default)]
+struct Counters {
+    reads: AtomicU64,
+    writes: AtomicU64,
+    transactions: AtomicU64,
+    transaction_items: AtomicU64,
+    other: AtomicU64,
+}
+
+#[derive(Clone, Copy)]
+enum Sent {
+    Read,
+    Write,
+    Transaction(usize),
+    Other,
 }
 
 impl DynamoStore {
@@ -31,7 +49,18 @@ impl DynamoStore {
         DynamoStore {
             client,
             table: table.into(),
-            requests: Arc::new(AtomicU64::new(0)),
+            counters: Arc::default(),
+        }
+    }
+
+    /// The same table and client, with its own request counters: a caller whose traffic is
+    /// not the loop's (the local queue and orchestrator stand in for SQS and Step Functions)
+    /// is counted apart from the handlers'.
+    pub fn counted_apart(&self) -> Self {
+        DynamoStore {
+            client: self.client.clone(),
+            table: self.table.clone(),
+            counters: Arc::default(),
         }
     }
 
@@ -44,7 +73,7 @@ impl DynamoStore {
         // ListTables rather than DescribeTable: a missing table is then not an error response.
         let mut start: Option<String> = None;
         loop {
-            self.count();
+            self.count(Sent::Other);
             let page = self
                 .client
                 .list_tables()
@@ -110,8 +139,18 @@ impl DynamoStore {
         Ok(())
     }
 
-    fn count(&self) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
+    fn count(&self, sent: Sent) {
+        let c = &self.counters;
+        match sent {
+            Sent::Read => c.reads.fetch_add(1, Ordering::Relaxed),
+            Sent::Write => c.writes.fetch_add(1, Ordering::Relaxed),
+            Sent::Transaction(items) => {
+                c.transaction_items
+                    .fetch_add(items as u64, Ordering::Relaxed);
+                c.transactions.fetch_add(1, Ordering::Relaxed)
+            }
+            Sent::Other => c.other.fetch_add(1, Ordering::Relaxed),
+        };
     }
 }
 
@@ -405,7 +444,7 @@ impl DynamoStore {
             return self.transaction(&[w]).await;
         }
         let mut e = Expr::default();
-        self.count();
+        self.count(Sent::Write);
         match w {
             Write::Put { item, conds } => {
                 let c = e.conds(&conds);
@@ -470,7 +509,7 @@ impl DynamoStore {
         let mut backoff = std::time::Duration::from_millis(5);
         let mut attempt = 0;
         loop {
-            self.count();
+            self.count(Sent::Transaction(items.len()));
             let res = self
                 .client
                 .transact_write_items()
@@ -510,7 +549,7 @@ impl DynamoStore {
 
 impl Store for DynamoStore {
     async fn get(&self, key: &Key) -> Result<Option<Item>, StoreError> {
-        self.count();
+        self.count(Sent::Read);
         let out = self
             .client
             .get_item()
@@ -535,7 +574,7 @@ impl Store for DynamoStore {
         }
         let mut start = None;
         loop {
-            self.count();
+            self.count(Sent::Read);
             let q = self
                 .client
                 .query()
@@ -579,8 +618,16 @@ impl Store for DynamoStore {
         }
     }
 
-    fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
+    fn requests(&self) -> RequestCounts {
+        let c = &self.counters;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        RequestCounts {
+            reads: n(&c.reads),
+            writes: n(&c.writes),
+            transactions: n(&c.transactions),
+            transaction_items: n(&c.transaction_items),
+            other: n(&c.other),
+        }
     }
 }
 

@@ -48,6 +48,34 @@ pub trait Store: Send + Sync + Clone + 'static {
         &self,
         writes: Vec<Write>,
     ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
-    /// Requests sent so far (the bench prints requests per run).
-    fn requests(&self) -> u64;
+    /// Requests sent so far, by kind (the bench prints them per run and prices them).
+    fn requests(&self) -> RequestCounts;
+}
+
+/// Requests a store has sent, by what DynamoDB bills them as: `GetItem`/`Query` (reads), single
+/// `PutItem`/`UpdateItem`/`DeleteItem` (writes), `TransactWriteItems` (each of its items costs two
+/// write units), and table administration.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RequestCounts {
+    pub reads: u64,
+    pub writes: u64,
+    pub transactions: u64,
+    pub transaction_items: u64,
+    pub other: u64,
+}
+
+impl RequestCounts {
+    pub fn total(&self) -> u64 {
+        self.reads + self.writes + self.transactions + self.other
+    }
+    /// What was sent between `earlier` and `self`.
+    pub fn since(&self, earlier: &RequestCounts) -> RequestCounts {
+        RequestCounts {
+            reads: self.reads - earlier.reads,
+            writes: self.writes - earlier.writes,
+            transactions: self.transactions - earlier.transactions,
+            transaction_items: self.transaction_items - earlier.transaction_items,
+            other: self.other - earlier.other,
+        }
+    }
 }
