@@ -11,12 +11,12 @@ use tokenops::provider::TestProvider;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::runtime::{LocalCtx, LocalQueue};
-
+/// What the API serves with: the handlers' context and the run queue. Spelled out rather than
+/// taken from `runtime` (which starts this server), so the two modules do not import each other.
 #[derive(Clone)]
 pub struct App {
-    pub ctx: LocalCtx,
-    pub queue: LocalQueue,
+    pub ctx: tokenops::config::Ctx<tokenops::store::DynamoStore>,
+    pub queue: tokenops::queue::StoreQueue<tokenops::store::DynamoStore>,
     pub sender: HttpSender,
     pub provider: TestProvider,
     /// The x402 facilitator and chain clients, when x402 is configured.
