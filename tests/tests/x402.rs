@@ -478,6 +478,15 @@ async fn each_bad_payment_is_refused_naming_what_is_wrong_and_nothing_moves() {
         assert_eq!(balance(&peers, &pay_to).await, b_to, "{variant}");
         eprintln!("{variant}: 402 {field}: {}", problem["detail"]);
     }
+    // A request that would be refused anyway is refused before any payment is asked for.
+    let mut wrong = p.body.clone();
+    wrong["requested_capability"] = json!("something_else");
+    let (status, _, problem) = post_paid(&url, &access, &wrong, None).await;
+    assert_eq!(
+        (status, problem["field"].as_str()),
+        (422, Some("requested_capability")),
+        "{problem}"
+    );
     // Not a payment at all.
     let items = item_count(&rt).await;
     let (status, _, problem) = post_paid(&url, &access, &p.body, Some("not a payment")).await;
