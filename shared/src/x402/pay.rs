@@ -389,15 +389,13 @@ pub async fn pay<S: Store, F: Facilitator, C: ChainReader>(
             return outcome(ctx, r, pr).await;
         }
         let reason = v.invalid_reason.unwrap_or_else(|| "invalid".into());
-        let msg = v
-            .invalid_message
-            .map(|m| format!(": {m}"))
-            .unwrap_or_default();
-        tracing::info!(payer = %au.from, reason = %reason, "x402 payment refused by the facilitator");
+        // The reason is x402's stable code; the facilitator's message (revert data, RPC text)
+        // goes to the log, not to the payer.
+        tracing::info!(payer = %au.from, reason = %reason, message = ?v.invalid_message, "x402 payment refused by the facilitator");
         return Err(refused(
             pr,
             reason_field(&reason),
-            format!("the facilitator refused the payment ({reason}{msg}); nothing was charged"),
+            format!("the facilitator refused the payment ({reason}); nothing was charged"),
         ));
     }
 
