@@ -32,7 +32,31 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn serve(dir: &std::path::Path, port: u16, crash_after: Option<&str>) -> Child {
+/// A `tokenops serve` child that is killed when dropped: a failing test must not leave a
+/// server running (and writing its data dir) after it.
+struct Server(Child);
+
+impl std::ops::Deref for Server {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
+
+fn serve(dir: &std::path::Path, port: u16, crash_after: Option<&str>) -> Server {
     let mut cmd = Command::new(binary());
     cmd.args(["serve", "--port", &port.to_string(), "--data-dir"])
         .arg(dir)
@@ -42,7 +66,7 @@ fn serve(dir: &std::path::Path, port: u16, crash_after: Option<&str>) -> Child {
     if let Some(s) = crash_after {
         cmd.args(["--crash-after-state", s]);
     }
-    cmd.spawn().expect("tokenops serve starts")
+    Server(cmd.spawn().expect("tokenops serve starts"))
 }
 
 async fn wait_up(base: &str) {
@@ -148,6 +172,7 @@ async fn repeated_kills_lose_no_run_and_no_payment() {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
+            .map(Server)
             .expect("tokenops serve starts")
     };
     let mut server = serve_relaying();
