@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Ctx;
 use crate::error::{ApiError, StoreError};
-use crate::http::{match_route, ApiRequest, ApiResponse};
+use crate::http::{match_route, ApiRequest, ApiResponse, Op};
 use crate::model::FullLoopPayload;
 use crate::store::{Cond, Item, Key, Store, Write};
 
@@ -77,20 +77,20 @@ pub struct Idem {
 
 /// Operations whose effect leaves the store (an HTTP POST to the agent): the key is claimed
 /// before the effect, so concurrent same-key requests cannot each cause it.
-const CLAIMED: &[&str] = &["redeliver_callback"];
+const CLAIMED: &[Op] = &[Op::RedeliverCallback];
 
 /// A claim older than this was left by a crashed request: another may take it over.
 const CLAIM_LEASE_SECS: i64 = 60;
 
 /// Responses of these operations carry secrets, so they are never stored for replay; they are
 /// single-use by construction instead (a second claim is refused).
-const NOT_REPLAYED: &[&str] = &["claim_credentials"];
+const NOT_REPLAYED: &[Op] = &[Op::ClaimCredentials];
 
 /// One-time secrets in a response: the idempotency record keeps the response without them, so a
 /// replay returns the same agent but never a secret stored in plaintext (spec §7).
-fn redacted_fields(operation: &str) -> &'static [&'static str] {
+fn redacted_fields(operation: Op) -> &'static [&'static str] {
     match operation {
-        "create_agent" => &["claim_token"],
+        Op::CreateAgent => &["claim_token"],
         _ => &[],
     }
 }

@@ -20,8 +20,8 @@ pub struct ApiRequest {
     /// Header names lower-cased.
     pub headers: BTreeMap<String, String>,
     pub body: Vec<u8>,
-    /// The route this request matched (its operation name).
-    pub operation: &'static str,
+    /// The route this request matched.
+    pub operation: Op,
     /// The client's address as the edge saw it (API Gateway's `sourceIp`, the local socket):
     /// anonymous callers' idempotency keys are scoped by it.
     pub source_ip: Option<String>,
@@ -154,6 +154,81 @@ impl ApiResponse {
     }
 }
 
+/// What a route does. Handlers dispatch on this (never on strings); its name is the route's
+/// `operation` in the manifest and the OpenAPI document's `x-tokenops-operation`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Op {
+    /// A request not matched to a route yet.
+    #[default]
+    Unrouted,
+    CreateAgent,
+    GetAgent,
+    Manifest,
+    Schema,
+    Openapi,
+    ClaimCredentials,
+    CreateQuote,
+    GetQuote,
+    CreateSettlement,
+    GetSettlement,
+    ProviderConfirmation,
+    GetEntitlement,
+    CreateRun,
+    GetRun,
+    CancelRun,
+    SupplyEvidence,
+    QueueMonitor,
+    RedriveRun,
+    GetException,
+    GetResult,
+    GetReceipt,
+    RedeliverCallback,
+    GetLedger,
+    VerifyLedger,
+    GetAttestation,
+    GetKeys,
+}
+
+impl Op {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Op::Unrouted => "unrouted",
+            Op::CreateAgent => "create_agent",
+            Op::GetAgent => "get_agent",
+            Op::Manifest => "manifest",
+            Op::Schema => "schema",
+            Op::Openapi => "openapi",
+            Op::ClaimCredentials => "claim_credentials",
+            Op::CreateQuote => "create_quote",
+            Op::GetQuote => "get_quote",
+            Op::CreateSettlement => "create_settlement",
+            Op::GetSettlement => "get_settlement",
+            Op::ProviderConfirmation => "provider_confirmation",
+            Op::GetEntitlement => "get_entitlement",
+            Op::CreateRun => "create_run",
+            Op::GetRun => "get_run",
+            Op::CancelRun => "cancel_run",
+            Op::SupplyEvidence => "supply_evidence",
+            Op::QueueMonitor => "queue_monitor",
+            Op::RedriveRun => "redrive_run",
+            Op::GetException => "get_exception",
+            Op::GetResult => "get_result",
+            Op::GetReceipt => "get_receipt",
+            Op::RedeliverCallback => "redeliver_callback",
+            Op::GetLedger => "get_ledger",
+            Op::VerifyLedger => "verify_ledger",
+            Op::GetAttestation => "get_attestation",
+            Op::GetKeys => "get_keys",
+        }
+    }
+}
+
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One row of the API: method, path pattern, the stage (function) that serves it, whether it needs
 /// an access key, and an operation name handlers dispatch on.
 #[derive(Clone, Copy, Debug)]
@@ -162,7 +237,7 @@ pub struct Route {
     pub pattern: &'static str,
     pub stage: &'static str,
     pub auth: bool,
-    pub operation: &'static str,
+    pub operation: Op,
 }
 
 const fn r(
@@ -170,7 +245,7 @@ const fn r(
     pattern: &'static str,
     stage: &'static str,
     auth: bool,
-    operation: &'static str,
+    operation: Op,
 ) -> Route {
     Route {
         method,
@@ -184,117 +259,123 @@ const fn r(
 /// The whole agent-facing API (spec §3). The local server, the Lambda functions, the manifest's
 /// entry points and the OpenAPI document all read this table.
 pub const ROUTES: &[Route] = &[
-    r("POST", "/agents", "onboarding", false, "create_agent"),
-    r("GET", "/agents/{agent_id}", "onboarding", true, "get_agent"),
-    r("GET", "/manifest", "onboarding", false, "manifest"),
+    r("POST", "/agents", "onboarding", false, Op::CreateAgent),
+    r(
+        "GET",
+        "/agents/{agent_id}",
+        "onboarding",
+        true,
+        Op::GetAgent,
+    ),
+    r("GET", "/manifest", "onboarding", false, Op::Manifest),
     r(
         "GET",
         "/.well-known/tokenops.json",
         "onboarding",
         false,
-        "manifest",
+        Op::Manifest,
     ),
-    r("GET", "/schemas/{object}", "onboarding", false, "schema"),
-    r("GET", "/openapi.json", "onboarding", false, "openapi"),
+    r("GET", "/schemas/{object}", "onboarding", false, Op::Schema),
+    r("GET", "/openapi.json", "onboarding", false, Op::Openapi),
     r(
         "POST",
         "/agents/{agent_id}/credentials",
         "trust",
         false,
-        "claim_credentials",
+        Op::ClaimCredentials,
     ),
-    r("POST", "/quotes", "quote", true, "create_quote"),
-    r("GET", "/quotes/{quote_id}", "quote", true, "get_quote"),
+    r("POST", "/quotes", "quote", true, Op::CreateQuote),
+    r("GET", "/quotes/{quote_id}", "quote", true, Op::GetQuote),
     r(
         "POST",
         "/settlements",
         "provider_route",
         true,
-        "create_settlement",
+        Op::CreateSettlement,
     ),
     r(
         "GET",
         "/settlements/{settlement_id}",
         "provider_route",
         true,
-        "get_settlement",
+        Op::GetSettlement,
     ),
     r(
         "POST",
         "/providers/{provider}/confirmations",
         "credit_entitlement",
         false,
-        "provider_confirmation",
+        Op::ProviderConfirmation,
     ),
     r(
         "GET",
         "/credit-entitlements/{credit_entitlement_id}",
         "credit_entitlement",
         true,
-        "get_entitlement",
+        Op::GetEntitlement,
     ),
-    r("POST", "/runs", "run_contract", true, "create_run"),
-    r("GET", "/runs/{run_id}", "run_contract", true, "get_run"),
+    r("POST", "/runs", "run_contract", true, Op::CreateRun),
+    r("GET", "/runs/{run_id}", "run_contract", true, Op::GetRun),
     r(
         "POST",
         "/runs/{run_id}/cancel",
         "run_contract",
         true,
-        "cancel_run",
+        Op::CancelRun,
     ),
     r(
         "POST",
         "/runs/{run_id}/evidence",
         "run_contract",
         true,
-        "supply_evidence",
+        Op::SupplyEvidence,
     ),
-    r("GET", "/queue", "queue", true, "queue_monitor"),
+    r("GET", "/queue", "queue", true, Op::QueueMonitor),
     r(
         "POST",
         "/runs/{run_id}/redrive",
         "queue",
         true,
-        "redrive_run",
+        Op::RedriveRun,
     ),
     r(
         "GET",
         "/exceptions/{exception_id}",
         "tokenops_execution",
         true,
-        "get_exception",
+        Op::GetException,
     ),
     r(
         "GET",
         "/results/{result_id}",
         "result_contract",
         true,
-        "get_result",
+        Op::GetResult,
     ),
     r(
         "GET",
         "/receipts/{receipt_id}",
         "usage_receipt",
         true,
-        "get_receipt",
+        Op::GetReceipt,
     ),
     r(
         "POST",
         "/runs/{run_id}/callback/redeliver",
         "callback",
         true,
-        "redeliver_callback",
+        Op::RedeliverCallback,
     ),
-    r("GET", "/ledger", "ledger", true, "get_ledger"),
-    r("GET", "/ledger/verify", "ledger", true, "verify_ledger"),
+    r("GET", "/ledger", "ledger", true, Op::GetLedger),
+    r("GET", "/ledger/verify", "ledger", true, Op::VerifyLedger),
     r(
         "GET",
         "/attestations/{attestation_id}",
         "attestation",
         true,
-        "get_attestation",
+        Op::GetAttestation,
     ),
-    r("GET", "/keys", "attestation", false, "get_keys"),
+    r("GET", "/keys", "attestation", false, Op::GetKeys),
 ];
 
 /// Path parameters bound by a route pattern (`{run_id}` → value).
@@ -370,7 +451,7 @@ mod tests {
     #[test]
     fn routes_match_with_params_and_405() {
         let (r, p) = match_route("GET", "/runs/run_abc").unwrap().unwrap();
-        assert_eq!((r.stage, r.operation), ("run_contract", "get_run"));
+        assert_eq!((r.stage, r.operation), ("run_contract", Op::GetRun));
         assert_eq!(p["run_id"], "run_abc");
         let (r, _) = match_route("POST", "/runs/run_abc/callback/redeliver")
             .unwrap()

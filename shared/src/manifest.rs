@@ -24,7 +24,7 @@ pub fn manifest(base_url: &str, x402: Option<&crate::x402::X402Config>) -> Value
     }
     let entry_points: Vec<Value> = ROUTES
         .iter()
-        .map(|r| json!({"method": r.method, "path": r.pattern, "stage": r.stage, "operation": r.operation, "requires_access_key": r.auth}))
+        .map(|r| json!({"method": r.method, "path": r.pattern, "stage": r.stage, "operation": r.operation.as_str(), "requires_access_key": r.auth}))
         .collect();
     json!({
         "tool_id": OPERATING_TOOL,

@@ -343,7 +343,7 @@ fn operation_object(
         .collect();
     let Some(op) = op else {
         // Not in OPERATIONS: still listed, and the completeness tests fail.
-        return json!({"operationId": route.operation, "tags": [route.stage], "parameters": params,
+        return json!({"operationId": route.operation.as_str(), "tags": [route.stage], "parameters": params,
             "responses": {"default": {"description": "not documented"}}});
     };
     if op.idempotent {
@@ -404,7 +404,7 @@ fn operation_object(
         "operationId": op.operation_id,
         "summary": op.summary,
         "tags": [route.stage],
-        "x-tokenops-operation": route.operation,
+        "x-tokenops-operation": route.operation.as_str(),
         "security": if route.auth { json!([{"accessKey": []}]) } else { json!([]) },
         "parameters": params,
         "responses": responses,

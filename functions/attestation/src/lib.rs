@@ -7,7 +7,7 @@ use serde_json::json;
 use tokenops::api::{object_item, owned_object, serve};
 use tokenops::config::Ctx;
 use tokenops::error::{ApiError, StoreError, TaskError};
-use tokenops::http::{ApiRequest, ApiResponse};
+use tokenops::http::{ApiRequest, ApiResponse, Op};
 use tokenops::ids::{now_rfc3339, run_object_id};
 use tokenops::model::{Attestation, KeySet, TaskOutput};
 use tokenops::proof::dsse::{sign_statement, DsseError, Statement, Subject};
@@ -38,13 +38,13 @@ fn sign_failure(e: DsseError) -> TaskError {
 pub async fn handle<S: Store>(ctx: &Ctx<S>, req: ApiRequest) -> ApiResponse {
     serve(ctx, req, |call| async move {
         match call.req.operation {
-            "get_keys" => Ok(ApiResponse::json(
+            Op::GetKeys => Ok(ApiResponse::json(
                 200,
                 &KeySet {
                     keys: vec![signer(ctx).map_err(ApiError::internal)?.public_key()],
                 },
             )),
-            "get_attestation" => {
+            Op::GetAttestation => {
                 let agent = call.caller.agent()?;
                 let id = tokenops::ids::parse_id(
                     "att",

@@ -7,7 +7,7 @@ use tokenops::api::{owned_object, serve, Call};
 use tokenops::callback::{agent_secret, callback_id, deliver, record_for, record_item};
 use tokenops::config::Ctx;
 use tokenops::error::{ApiError, StoreError, TaskError};
-use tokenops::http::{ApiRequest, ApiResponse};
+use tokenops::http::{ApiRequest, ApiResponse, Op};
 use tokenops::model::{CallbackRecord, RunContract, TaskOutput};
 use tokenops::ports::CallbackSender;
 use tokenops::proof::jcs;
@@ -24,7 +24,7 @@ pub async fn handle<S: Store, C: CallbackSender>(
 ) -> ApiResponse {
     serve(ctx, req, |call| async move {
         match call.req.operation {
-            "redeliver_callback" => redeliver(ctx, sender, call).await,
+            Op::RedeliverCallback => redeliver(ctx, sender, call).await,
             other => Err(ApiError::internal(format!(
                 "callback does not serve {other}"
             ))),

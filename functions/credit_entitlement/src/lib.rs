@@ -5,7 +5,7 @@
 use tokenops::api::{object_item, owned_object, serve, Call};
 use tokenops::config::Ctx;
 use tokenops::error::{ApiError, StoreError};
-use tokenops::http::{ApiRequest, ApiResponse};
+use tokenops::http::{ApiRequest, ApiResponse, Op};
 use tokenops::ids::{now, now_rfc3339, parse_id, run_object_id};
 use tokenops::model::{
     Balances, CreditEntitlement, ProviderConfirmation, ProviderRoute, SettlementConfirmation,
@@ -17,8 +17,8 @@ use tokenops::store::{Item, Key, Store, Write};
 pub async fn handle<S: Store>(ctx: &Ctx<S>, req: ApiRequest) -> ApiResponse {
     serve(ctx, req, |call| async move {
         match call.req.operation {
-            "provider_confirmation" => confirm(ctx, call).await,
-            "get_entitlement" => {
+            Op::ProviderConfirmation => confirm(ctx, call).await,
+            Op::GetEntitlement => {
                 let agent = call.caller.agent()?;
                 let id = parse_id(
                     "cred",

@@ -5,7 +5,7 @@
 use tokenops::api::serve;
 use tokenops::config::Ctx;
 use tokenops::error::{ApiError, StoreError, TaskError};
-use tokenops::http::{ApiRequest, ApiResponse};
+use tokenops::http::{ApiRequest, ApiResponse, Op};
 use tokenops::ids::now_rfc3339;
 use tokenops::model::{LedgerView, TaskOutput};
 use tokenops::proof::ledger::{link, verify_chain, EntryDraft, LedgerEntry};
@@ -45,7 +45,7 @@ pub async fn handle<S: Store>(ctx: &Ctx<S>, req: ApiRequest) -> ApiResponse {
         match call.req.operation {
             // `?run_id=` filters to one of the agent's runs; another agent's run (or none) is a
             // 404, as every foreign id is — never an empty 200 that confirms nothing.
-            "get_ledger" => {
+            Op::GetLedger => {
                 let run = call.req.query.get("run_id");
                 if let Some(r) = run {
                     let r = tokenops::ids::parse_id("run", r, "run_id")?;
@@ -69,7 +69,7 @@ pub async fn handle<S: Store>(ctx: &Ctx<S>, req: ApiRequest) -> ApiResponse {
                     },
                 ))
             }
-            "verify_ledger" => Ok(ApiResponse::json(
+            Op::VerifyLedger => Ok(ApiResponse::json(
                 200,
                 &verify_chain(&entries(&ctx.store, &agent).await?),
             )),

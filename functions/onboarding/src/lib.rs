@@ -5,7 +5,7 @@
 use tokenops::api::{commit, object_item, serve, sha256_hex, Call, Commit};
 use tokenops::config::Ctx;
 use tokenops::error::ApiError;
-use tokenops::http::{ApiRequest, ApiResponse};
+use tokenops::http::{ApiRequest, ApiResponse, Op};
 use tokenops::ids::{new_id, now_rfc3339, random_token, run_object_id};
 use tokenops::model::{
     AgentManifest, AgentView, OnboardingRecord, OnboardingResponse, TrustProfile,
@@ -16,17 +16,17 @@ use tokenops::{manifest, model, rules};
 pub async fn handle<S: Store>(ctx: &Ctx<S>, req: ApiRequest) -> ApiResponse {
     serve(ctx, req, |call| async move {
         match call.req.operation {
-            "create_agent" => create_agent(ctx, call).await,
-            "get_agent" => get_agent(ctx, call).await,
-            "manifest" => Ok(ApiResponse::json(
+            Op::CreateAgent => create_agent(ctx, call).await,
+            Op::GetAgent => get_agent(ctx, call).await,
+            Op::Manifest => Ok(ApiResponse::json(
                 200,
                 &manifest::manifest(&ctx.config.public_base_url, ctx.config.x402.as_ref()),
             )),
-            "openapi" => Ok(ApiResponse::json(
+            Op::Openapi => Ok(ApiResponse::json(
                 200,
                 &manifest::openapi(&ctx.config.public_base_url),
             )),
-            "schema" => {
+            Op::Schema => {
                 let name = call.req.param("object");
                 model::schemas()
                     .remove(name)

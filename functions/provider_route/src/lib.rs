@@ -6,7 +6,7 @@
 use tokenops::api::{commit, object_item, owned_object, request_hash, serve, Call, Commit};
 use tokenops::config::Ctx;
 use tokenops::error::ApiError;
-use tokenops::http::{ApiRequest, ApiResponse};
+use tokenops::http::{ApiRequest, ApiResponse, Op};
 use tokenops::ids::{new_id, now, now_rfc3339, parse_id, parse_rfc3339, run_object_id};
 use tokenops::model::{
     Balances, CreditEntitlement, PaymentRequest, ProviderRoute, Quote, SettlementRequest,
@@ -27,8 +27,8 @@ pub async fn handle<S: Store, P: SettlementProvider, F: Facilitator, C: ChainRea
 ) -> ApiResponse {
     serve(ctx, req, |call| async move {
         match call.req.operation {
-            "create_settlement" => create(ctx, provider, x402, call).await,
-            "get_settlement" => {
+            Op::CreateSettlement => create(ctx, provider, x402, call).await,
+            Op::GetSettlement => {
                 let agent = call.caller.agent()?;
                 let id = parse_id("stl", call.req.param("settlement_id"), "settlement_id")?;
                 Ok(ApiResponse::json(

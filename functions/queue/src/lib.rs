@@ -7,7 +7,7 @@ use serde_json::json;
 use tokenops::api::{object_item, serve};
 use tokenops::config::Ctx;
 use tokenops::error::{ApiError, TaskError};
-use tokenops::http::{ApiRequest, ApiResponse};
+use tokenops::http::{ApiRequest, ApiResponse, Op};
 use tokenops::ids::{now_rfc3339, run_object_id};
 use tokenops::model::{
     QueueHeartbeat, QueueMonitor, QueueService, QueueState, RunMessage, RunsWaiting,
@@ -45,7 +45,7 @@ pub async fn handle<S: Store, Q: RunQueue>(
 ) -> ApiResponse {
     serve(ctx, req, |call| async move {
         match call.req.operation {
-            "queue_monitor" => {
+            Op::QueueMonitor => {
                 let agent = call.caller.agent()?;
                 let stats = queue.stats().await?;
                 let (pending, oldest) =
@@ -73,7 +73,7 @@ pub async fn handle<S: Store, Q: RunQueue>(
                     },
                 ))
             }
-            "redrive_run" => {
+            Op::RedriveRun => {
                 let agent = call.caller.agent()?;
                 let run_id = tokenops::ids::parse_id("run", call.req.param("run_id"), "run_id")?;
                 redrive::redrive_run(ctx, queue, &run_id, agent, call.idem.as_ref()).await

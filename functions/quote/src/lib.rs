@@ -3,7 +3,7 @@
 use tokenops::api::{commit, object_item, owned_object, serve, Call, Commit};
 use tokenops::config::Ctx;
 use tokenops::error::ApiError;
-use tokenops::http::{ApiRequest, ApiResponse};
+use tokenops::http::{ApiRequest, ApiResponse, Op};
 use tokenops::ids::{new_id, now, now_rfc3339, rfc3339};
 use tokenops::model::{OnboardingRecord, Quote, QuoteRequest, TrustProfile};
 use tokenops::rules;
@@ -12,8 +12,8 @@ use tokenops::store::{Key, Store, Write};
 pub async fn handle<S: Store>(ctx: &Ctx<S>, req: ApiRequest) -> ApiResponse {
     serve(ctx, req, |call| async move {
         match call.req.operation {
-            "create_quote" => create(ctx, call).await,
-            "get_quote" => {
+            Op::CreateQuote => create(ctx, call).await,
+            Op::GetQuote => {
                 let agent = call.caller.agent()?;
                 let id = tokenops::ids::parse_id("quote", call.req.param("quote_id"), "quote_id")?;
                 Ok(ApiResponse::json(

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use tokenops::api::{object_item, owned_object, serve};
 use tokenops::config::Ctx;
 use tokenops::error::{ApiError, TaskError};
-use tokenops::http::{ApiRequest, ApiResponse};
+use tokenops::http::{ApiRequest, ApiResponse, Op};
 use tokenops::ids::{now_rfc3339, run_object_id};
 use tokenops::model::*;
 use tokenops::proof::jcs;
@@ -19,7 +19,7 @@ pub const STAGE: &str = "result_contract";
 pub async fn handle<S: Store>(ctx: &Ctx<S>, req: ApiRequest) -> ApiResponse {
     serve(ctx, req, |call| async move {
         match call.req.operation {
-            "get_result" => {
+            Op::GetResult => {
                 let agent = call.caller.agent()?;
                 let id = call.req.param("result_id");
                 if !(id.starts_with("result_") || id.starts_with("rcontract_")) {

@@ -10,7 +10,7 @@ use tokenops::api::{
 use tokenops::config::Ctx;
 use tokenops::error::{ApiError, StoreError};
 use tokenops::evidence::{self, EvidenceBundle, EvidenceError, ReviewContext};
-use tokenops::http::{ApiRequest, ApiResponse};
+use tokenops::http::{ApiRequest, ApiResponse, Op};
 use tokenops::ids::{new_id, now_rfc3339, parse_id, run_object_id};
 use tokenops::model::*;
 use tokenops::ports::RunQueue;
@@ -30,13 +30,13 @@ pub async fn handle<S: Store, Q: RunQueue, F: Facilitator, C: ChainReader>(
 ) -> ApiResponse {
     serve(ctx, req, |call| async move {
         match call.req.operation {
-            "create_run" => create(ctx, queue, x402, call).await,
-            "get_run" => {
+            Op::CreateRun => create(ctx, queue, x402, call).await,
+            Op::GetRun => {
                 let rec = owned_run(ctx, &call).await?;
                 Ok(ApiResponse::json(200, &rec.payload))
             }
-            "cancel_run" => cancel(ctx, call).await,
-            "supply_evidence" => supply_evidence(ctx, queue, call).await,
+            Op::CancelRun => cancel(ctx, call).await,
+            Op::SupplyEvidence => supply_evidence(ctx, queue, call).await,
             other => Err(ApiError::internal(format!(
                 "run_contract does not serve {other}"
             ))),

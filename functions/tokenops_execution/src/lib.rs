@@ -6,7 +6,7 @@ use tokenops::api::{object_item, owned_object, serve};
 use tokenops::config::Ctx;
 use tokenops::error::{ApiError, TaskError};
 use tokenops::evidence::{self, EvidenceBundle, EvidenceStatus, ReviewContext};
-use tokenops::http::{ApiRequest, ApiResponse};
+use tokenops::http::{ApiRequest, ApiResponse, Op};
 use tokenops::ids::{now_rfc3339, run_object_id};
 use tokenops::model::*;
 use tokenops::proof::jcs;
@@ -19,7 +19,7 @@ pub const STAGE: &str = "tokenops_execution";
 pub async fn handle<S: Store>(ctx: &Ctx<S>, req: ApiRequest) -> ApiResponse {
     serve(ctx, req, |call| async move {
         match call.req.operation {
-            "get_exception" => {
+            Op::GetException => {
                 let agent = call.caller.agent()?;
                 let id = call.req.param("exception_id");
                 if !(id.starts_with("exc_") || id.starts_with("replay_")) {

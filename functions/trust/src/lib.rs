@@ -7,7 +7,7 @@ use subtle::ConstantTimeEq;
 use tokenops::api::{access_key_item_key, serve, sha256_hex, Call};
 use tokenops::config::Ctx;
 use tokenops::error::{ApiError, StoreError};
-use tokenops::http::{ApiRequest, ApiResponse};
+use tokenops::http::{ApiRequest, ApiResponse, Op};
 use tokenops::ids::{now_rfc3339, random_token};
 use tokenops::model::{CredentialClaim, CredentialEnvelope, OnboardingRecord};
 use tokenops::proof::webhook;
@@ -16,7 +16,7 @@ use tokenops::store::{Cond, Item, Key, Store, Write};
 pub async fn handle<S: Store>(ctx: &Ctx<S>, req: ApiRequest) -> ApiResponse {
     serve(ctx, req, |call| async move {
         match call.req.operation {
-            "claim_credentials" => claim(ctx, call).await,
+            Op::ClaimCredentials => claim(ctx, call).await,
             other => Err(ApiError::internal(format!("trust does not serve {other}"))),
         }
     })

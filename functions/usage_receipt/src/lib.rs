@@ -6,7 +6,7 @@ use tokenops::api::{object_item, owned_object, serve};
 use tokenops::config::Ctx;
 use tokenops::error::{ApiError, TaskError};
 use tokenops::evidence::EvidenceStatus;
-use tokenops::http::{ApiRequest, ApiResponse};
+use tokenops::http::{ApiRequest, ApiResponse, Op};
 use tokenops::ids::{now_rfc3339, run_object_id};
 use tokenops::model::*;
 use tokenops::money;
@@ -20,7 +20,7 @@ pub const STAGE: &str = "usage_receipt";
 pub async fn handle<S: Store>(ctx: &Ctx<S>, req: ApiRequest) -> ApiResponse {
     serve(ctx, req, |call| async move {
         match call.req.operation {
-            "get_receipt" => {
+            Op::GetReceipt => {
                 let agent = call.caller.agent()?;
                 let id = call.req.param("receipt_id");
                 if !(id.starts_with("usage_") || id.starts_with("srcpt_")) {
