@@ -10,7 +10,7 @@ writes FILE (JSON, atomically) and stays in the foreground until SIGTERM/SIGINT,
 the facilitator and anvil and exits 0. A stale FILE is deleted at start and FILE is deleted
 again on shutdown, so "FILE exists" means "peers are up".
 
-Run with the kit's venv python (setup.sh prints its path). Progress goes to stderr; anvil's
+Run with the kit's venv python (scripts/x402-setup prints its path). Progress goes to stderr; anvil's
 own output goes to DIR/anvil.<pid>.log (deleted after a clean shutdown).
 """
 
@@ -117,7 +117,7 @@ def anvil_binary() -> Path:
     )
     path = NODE_MODULES / "@foundry-rs" / f"anvil-{os_name}-{arch}" / "bin" / "anvil"
     if not path.is_file():
-        raise StartupError(f"anvil binary not found at {path}; run local/x402/setup.sh first")
+        raise StartupError(f"anvil binary not found at {path}; run scripts/x402-setup first")
     return path
 
 
@@ -174,7 +174,7 @@ class Compile:
                 pass
         solc_js = NODE_MODULES / "solc" / "solc.js"
         if not solc_js.is_file():
-            raise StartupError(f"solcjs not found at {solc_js}; run local/x402/setup.sh first")
+            raise StartupError(f"solcjs not found at {solc_js}; run scripts/x402-setup first")
         self.proc = spawn(["node", str(solc_js), "--standard-json"], stdin=subprocess.PIPE,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.proc.stdin.write(json.dumps(self.std_input).encode())
