@@ -69,14 +69,26 @@ impl Agent {
         body: Option<&Value>,
         idem: Option<&str>,
     ) -> Result<Resp, AgentError> {
+        let idem: Vec<(&str, &str)> = idem.map(|i| ("idempotency-key", i)).into_iter().collect();
+        self.call_with(method, path, body, &idem).await
+    }
+
+    /// [`Agent::call`] with any extra request headers (an x402 `PAYMENT-SIGNATURE`, say).
+    pub async fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<Resp, AgentError> {
         let m = reqwest::Method::from_bytes(method.as_bytes())
             .map_err(|e| AgentError::Transport(e.to_string()))?;
         let mut req = self.http.request(m, format!("{}{path}", self.base));
         if let Some(k) = &self.access_key {
             req = req.bearer_auth(k);
         }
-        if let Some(i) = idem {
-            req = req.header("idempotency-key", i);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
         }
         if let Some(b) = body {
             req = req
@@ -133,6 +145,19 @@ impl Agent {
     }
 
     /// Stages 1–2: onboard and claim credentials.
+    /// Starts a callback [`Receiver`] and onboards an agent whose callbacks go to it (the
+    /// receiver verifies them with the agent's secret): the agent, its receiver, the URL.
+    pub async fn onboard_listening(
+        base: &str,
+        name: &str,
+    ) -> Result<(Agent, Receiver, String), AgentError> {
+        let receiver = Receiver::default();
+        let url = receiver.start().await?;
+        let agent = Agent::onboard(base, name, &url).await?;
+        receiver.add_secret(&agent.callback_secret);
+        Ok((agent, receiver, url))
+    }
+
     pub async fn onboard(base: &str, name: &str, callback_url: &str) -> Result<Agent, AgentError> {
         let mut a = Agent::anonymous(base);
         let manifest = json!({"name": name, "owner_contact": "ops@agent.example.com", "requested_tools": ["tokenops"], "callback_url": callback_url, "description": "reference agent"});

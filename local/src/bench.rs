@@ -23,7 +23,7 @@ use serde_json::json;
 use tokenops::store::{RequestCounts, Store};
 use tokio::sync::Semaphore;
 
-use crate::agent::{full_evidence, Agent, Receiver};
+use crate::agent::{full_evidence, Agent};
 use crate::orchestrator::EngineCounts;
 use crate::runtime::Runtime;
 use tokenops::queue::QueueOps;
@@ -144,12 +144,10 @@ pub async fn run(
     if runs == 0 {
         return Err("--runs must be at least 1".into());
     }
-    let receiver = Receiver::default();
-    let cb = receiver.start().await.map_err(|e| e.to_string())?;
-    let agent = Agent::onboard(base_url, &format!("bench-agent-c{concurrency}"), &cb)
-        .await
-        .map_err(|e| e.to_string())?;
-    receiver.add_secret(&agent.callback_secret);
+    let (agent, receiver, cb) =
+        Agent::onboard_listening(base_url, &format!("bench-agent-c{concurrency}"))
+            .await
+            .map_err(|e| e.to_string())?;
     let (quote, route, ent) = agent.fund(runs as i64).await.map_err(|e| e.to_string())?;
     let evidence = full_evidence(
         ent["credit_entitlement_id"].as_str().unwrap_or(""),

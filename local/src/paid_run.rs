@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::agent::{paid_evidence, Agent, Receiver};
+use crate::agent::{paid_evidence, Agent};
 use crate::reference::{follow, verify_run, ReferenceError};
 
 /// What `peers.py up` wrote: the chain, the token, the facilitator, payers, the SDK's python.
@@ -38,38 +38,21 @@ pub fn config(p: &Value, atomic_per_credit: u64) -> Result<tokenops::x402::X402C
 }
 
 async fn block_number(rpc_url: &str) -> Result<u64, ReferenceError> {
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber", "params": []});
-    let bytes = reqwest::Client::new()
-        .post(rpc_url)
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
+    let chain = |e: String| ReferenceError::Check(format!("chain: {e}"));
+    let head = tokenops::x402::chain::RpcChain::new(rpc_url, Duration::from_secs(10))
+        .map_err(|e| chain(e.to_string()))?
+        .call("eth_blockNumber", json!([]))
         .await
-        .and_then(|r| r.error_for_status())
-        .map_err(|e| ReferenceError::Check(format!("chain: {e}")))?
-        .bytes()
-        .await
-        .map_err(|e| ReferenceError::Check(format!("chain: {e}")))?;
-    let v: Value =
-        serde_json::from_slice(&bytes).map_err(|e| ReferenceError::Check(format!("chain: {e}")))?;
-    u64::from_str_radix(
-        v["result"]
-            .as_str()
-            .unwrap_or("0x0")
-            .trim_start_matches("0x"),
-        16,
-    )
-    .map_err(|e| ReferenceError::Check(format!("chain: {e}")))
+        .map_err(chain)?;
+    u64::from_str_radix(head.as_str().unwrap_or("0x0").trim_start_matches("0x"), 16)
+        .map_err(|e| chain(e.to_string()))
 }
 
 /// Plays one agent paying per run over x402 against the runtime at `base`.
 pub async fn play(base: &str, peers: &Value) -> Result<Value, ReferenceError> {
     let check = |what: &str| ReferenceError::Check(what.to_string());
-    let receiver = Receiver::default();
-    let cb = receiver.start().await?;
     let t0 = Instant::now();
-    let agent = Agent::onboard(base, "x402-reference-agent", &cb).await?;
-    receiver.add_secret(&agent.callback_secret);
+    let (agent, receiver, cb) = Agent::onboard_listening(base, "x402-reference-agent").await?;
     eprintln!("[ 1/14] onboarding           agent {}", agent.agent_id);
     let quote = agent
         .ok(

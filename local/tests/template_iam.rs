@@ -62,9 +62,9 @@ const NEEDS: &[(&str, &[(&str, &str)])] = &[
         "credit_entitlement",
         &[
             ("GetItem", "the route, the entitlement, an earlier confirmation; GET /credit-entitlements/{id}"),
-            ("PutItem", "confirmation, route, funding transfer (money::fund's transfer_write)"),
+            ("PutItem", "confirmation, route, funding transfer (provider::funding_writes)"),
             ("UpdateItem", "entitlement funded (money::fund: Write::Update on status=awaiting_funding)"),
-            ("DeleteItem", "payment outbox entry removed (provider::payment_settled_write)"),
+            ("DeleteItem", "payment outbox entry removed (provider::funding_writes)"),
         ],
     ),
     (

@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
+use crate::api::object_item;
 use crate::error::StoreError;
-use crate::model::{ProviderConfirmation, ProviderRoute};
+use crate::model::{ProviderConfirmation, ProviderRoute, SettlementConfirmation};
 use crate::ports::SettlementProvider;
 use crate::proof::webhook;
 use crate::store::{Item, Key, Write};
@@ -41,6 +42,56 @@ pub fn payment_settled_write(settlement_id: &str) -> Write {
         key: payment_outbox_key(settlement_id),
         conds: vec![],
     }
+}
+
+/// Funding a settlement, for every provider: the double-entry transfer (conditional on the
+/// entitlement still awaiting funding, so it happens once), the confirmation object, the route
+/// (`confirmed`, as given) and the removal of the settlement's outbox entry — the writes of one
+/// transaction, with the confirmation to answer with.
+pub fn funding_writes(
+    confirmed: &ProviderRoute,
+    provider_event_id: &str,
+    outbox: Key,
+) -> Result<(SettlementConfirmation, Vec<Write>), StoreError> {
+    let sid = &confirmed.settlement_id;
+    let owner = &confirmed.agent_id;
+    let (transfer, mut writes) = crate::money::fund(
+        &confirmed.credit_entitlement_id,
+        owner,
+        &confirmed.provider,
+        sid,
+        confirmed.credits,
+    );
+    let confirmation = SettlementConfirmation {
+        object_type: "settlement_confirmation".into(),
+        confirmation_id: crate::ids::run_object_id("conf", sid),
+        settlement_id: sid.clone(),
+        provider: confirmed.provider.clone(),
+        provider_event_id: provider_event_id.chars().take(200).collect(),
+        amount_credits: confirmed.credits,
+        signature_verified: true,
+        funding_transfer_id: transfer.transfer_id,
+        confirmed_at: crate::ids::now_rfc3339(),
+    };
+    writes.push(Write::create(object_item(
+        &confirmation.confirmation_id,
+        "settlement_confirmation",
+        owner,
+        None,
+        &confirmation,
+    )?));
+    writes.push(Write::put(object_item(
+        sid,
+        "provider_route",
+        owner,
+        None,
+        confirmed,
+    )?));
+    writes.push(Write::Delete {
+        key: outbox,
+        conds: vec![],
+    });
+    Ok((confirmation, writes))
 }
 
 /// A webhook ready to send: (headers, body).

@@ -52,12 +52,9 @@ impl Funded {
 }
 
 pub async fn funded_agent(rt: &Runtime, name: &str, credits: i64) -> Funded {
-    let receiver = Receiver::default();
-    let callback_url = receiver.start().await.expect("receiver");
-    let agent = Agent::onboard(&rt.base_url, name, &callback_url)
+    let (agent, receiver, callback_url) = Agent::onboard_listening(&rt.base_url, name)
         .await
         .expect("onboard");
-    receiver.add_secret(&agent.callback_secret);
     let (quote, route, ent) = agent.fund(credits).await.expect("fund");
     Funded {
         agent,

@@ -3,6 +3,7 @@
 //! (scripts/test-all does it and sets `TOKENOPS_X402_PEERS` to its info file).
 
 use std::process::Stdio;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -17,8 +18,9 @@ pub fn peers() -> Option<Value> {
         eprintln!("skipped: TOKENOPS_X402_PEERS is not set (make test starts the x402 peers)");
         return None;
     };
-    let text = std::fs::read_to_string(&path).expect("x402 peers info file");
-    Some(serde_json::from_str(&text).expect("x402 peers info is JSON"))
+    Some(
+        tokenops_local::paid_run::peers(std::path::Path::new(&path)).expect("x402 peers info file"),
+    )
 }
 
 /// The x402 configuration that points TokenOps at the peers.
@@ -26,22 +28,13 @@ pub fn config(p: &Value, rate: u64) -> tokenops::x402::X402Config {
     tokenops_local::paid_run::config(p, rate).expect("the peers file configures x402")
 }
 
-/// One JSON-RPC call to the chain.
+/// One JSON-RPC call to the chain, through the reconciler's own client.
 pub async fn rpc(p: &Value, method: &str, params: Value) -> Value {
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-    let bytes = reqwest::Client::new()
-        .post(p["rpc_url"].as_str().unwrap())
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
+    tokenops::x402::chain::RpcChain::new(p["rpc_url"].as_str().unwrap(), Duration::from_secs(30))
+        .expect("JSON-RPC client")
+        .call(method, params)
         .await
-        .expect("chain reachable")
-        .bytes()
-        .await
-        .expect("chain answer");
-    let v: Value = serde_json::from_slice(&bytes).expect("JSON-RPC answer");
-    assert!(v.get("error").is_none(), "{method}: {v}");
-    v["result"].clone()
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The token balance of `address` (atomic units).
@@ -93,27 +86,19 @@ pub async fn post_paid(
     body: &Value,
     payment: Option<&str>,
 ) -> (u16, std::collections::BTreeMap<String, String>, Value) {
-    let mut req = reqwest::Client::new()
-        .post(url)
-        .bearer_auth(access_key)
-        .header("content-type", "application/json")
-        .body(body.to_string());
-    if let Some(p) = payment {
-        req = req.header("payment-signature", p);
-    }
-    let r = req.send().await.expect("TokenOps reachable");
-    let status = r.status().as_u16();
-    let headers = r
-        .headers()
-        .iter()
-        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+    let agent = tokenops_local::agent::Agent {
+        access_key: Some(access_key.into()),
+        ..tokenops_local::agent::Agent::anonymous(url)
+    };
+    let headers: Vec<(&str, &str)> = payment
+        .map(|p| ("payment-signature", p))
+        .into_iter()
         .collect();
-    let text = r.text().await.unwrap_or_default();
-    (
-        status,
-        headers,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    let r = agent
+        .call_with("POST", "", Some(body), &headers)
+        .await
+        .expect("TokenOps reachable");
+    (r.status, r.headers, r.body)
 }
 
 /// Decodes an x402 header (base64 JSON).

@@ -44,13 +44,10 @@ impl Payer {
     }
 }
 
-async fn payer(rt: &Runtime, name: &str) -> Payer {
-    let receiver = Receiver::default();
-    let callback_url = receiver.start().await.expect("receiver");
-    let agent = Agent::onboard(&rt.base_url, name, &callback_url)
-        .await
-        .expect("onboard");
-    receiver.add_secret(&agent.callback_secret);
+/// An agent onboarded at `base` with a quote and the body of a run paid per run.
+async fn payer(base: &str, name: &str) -> Payer {
+    let (agent, receiver, callback_url) =
+        Agent::onboard_listening(base, name).await.expect("onboard");
     let quote = agent
         .ok(
             "POST",
@@ -161,7 +158,7 @@ async fn a_run_paid_with_the_official_client_is_delivered_with_the_payment_in_it
     let Some(peers) = x402::peers() else { return };
     let _turn = TURN.lock().await;
     let rt = runtime("x402-pay", &peers, |_| {}).await;
-    let p = payer(&rt, "x402-payer").await;
+    let p = payer(&rt.base_url, "x402-payer").await;
     let (payer_addr, key) = payer_key(&peers, 0);
     let pay_to = peers["pay_to"].as_str().unwrap();
     let price = p.price_atomic();
@@ -291,7 +288,7 @@ async fn one_payment_resent_in_sequence_and_ten_at_once_funds_one_run_once() {
     let Some(peers) = x402::peers() else { return };
     let _turn = TURN.lock().await;
     let rt = runtime("x402-replay", &peers, |_| {}).await;
-    let p = payer(&rt, "x402-replayer").await;
+    let p = payer(&rt.base_url, "x402-replayer").await;
     let (payer_addr, key) = payer_key(&peers, 1);
     let pay_to = peers["pay_to"].as_str().unwrap().to_string();
     let price = p.price_atomic();
@@ -363,7 +360,7 @@ async fn one_payment_resent_in_sequence_and_ten_at_once_funds_one_run_once() {
 
     // A fresh, concurrent pair of payments: ten sends of a *new* signature race its first
     // settle — one settles, every send gets that one run.
-    let p2 = payer(&rt, "x402-racer").await;
+    let p2 = payer(&rt.base_url, "x402-racer").await;
     let signed = sign(&peers, &rt, &p2, &key, "good").await;
     let header = signed["payment_signature"].as_str().unwrap().to_string();
     let payer_before = balance(&peers, &payer_addr).await;
@@ -395,7 +392,7 @@ async fn one_payment_resent_in_sequence_and_ten_at_once_funds_one_run_once() {
     // The payment-identifier extension keys a payment too: a client that re-signs (a new
     // nonce) under the same id gets its first outcome, and the second authorization is never
     // settled.
-    let p3 = payer(&rt, "x402-identified").await;
+    let p3 = payer(&rt.base_url, "x402-identified").await;
     let with_id = |signed: &Value| {
         let mut payload = signed["payload"].clone();
         payload["extensions"] = json!({"payment-identifier": {"info": {"required": false, "id": "pay_0123456789abcdef0123"}}});
@@ -431,7 +428,7 @@ async fn each_bad_payment_is_refused_naming_what_is_wrong_and_nothing_moves() {
     let Some(peers) = x402::peers() else { return };
     let _turn = TURN.lock().await;
     let rt = runtime("x402-bad", &peers, |_| {}).await;
-    let p = payer(&rt, "x402-bad-payer").await;
+    let p = payer(&rt.base_url, "x402-bad-payer").await;
     let (payer_addr, key) = payer_key(&peers, 2);
     let pay_to = peers["pay_to"].as_str().unwrap().to_string();
     let url = format!("{}/runs", rt.base_url);
@@ -502,7 +499,7 @@ async fn each_bad_payment_is_refused_naming_what_is_wrong_and_nothing_moves() {
     let mut down = peers.clone();
     down["facilitator_url"] = json!("http://127.0.0.1:9");
     let rt = runtime("x402-down", &down, |_| {}).await;
-    let p = payer(&rt, "x402-down-payer").await;
+    let p = payer(&rt.base_url, "x402-down-payer").await;
     let signed = sign(&peers, &rt, &p, &key, "good").await;
     let items = item_count(&rt).await;
     let (status, headers, problem) = post_paid(
@@ -557,7 +554,7 @@ async fn a_settle_whose_outcome_is_unknown_is_reconciled_from_the_chain_and_the_
         }
     })
     .await;
-    let p = payer(&rt, "x402-unknown-payer").await;
+    let p = payer(&rt.base_url, "x402-unknown-payer").await;
     let (payer_addr, key) = payer_key(&peers, 0);
     let price = p.price_atomic();
     let signed = sign(&peers, &rt, &p, &key, "good").await;
@@ -619,8 +616,8 @@ async fn a_settle_that_fails_after_verify_funds_nothing() {
     let Some(peers) = x402::peers() else { return };
     let _turn = TURN.lock().await;
     let rt = runtime("x402-settle-fails", &peers, |_| {}).await;
-    let a = payer(&rt, "x402-double-spender-a").await;
-    let b = payer(&rt, "x402-double-spender-b").await;
+    let a = payer(&rt.base_url, "x402-double-spender-a").await;
+    let b = payer(&rt.base_url, "x402-double-spender-b").await;
     let price = a.price_atomic();
     // A payer holding one and a half prices: each payment verifies alone, only one can settle.
     let (funder, _) = payer_key(&peers, 2);
@@ -706,7 +703,7 @@ async fn prepaid_credits_paid_over_x402_fund_an_entitlement_that_runs_work() {
     let Some(peers) = x402::peers() else { return };
     let _turn = TURN.lock().await;
     let rt = runtime("x402-topup", &peers, |_| {}).await;
-    let p = payer(&rt, "x402-topup-payer").await;
+    let p = payer(&rt.base_url, "x402-topup-payer").await;
     let (payer_addr, key) = payer_key(&peers, 2);
     let credits = 3 * p.quote["price_credits"].as_i64().unwrap();
     let body = json!({"quote_id": p.quote["quote_id"], "provider": "x402", "credits": credits});
@@ -764,29 +761,17 @@ async fn a_run_paid_over_x402_through_the_lambda_functions_on_the_emulator() {
         .unwrap()
         .trim_end_matches('/')
         .to_string();
-    let receiver = Receiver::default();
-    let callback_url = receiver.start().await.expect("receiver");
-    let agent = Agent::onboard(&api, "x402-emulated-payer", &callback_url)
-        .await
-        .expect("onboard");
-    receiver.add_secret(&agent.callback_secret);
-    let quote = agent
-        .ok("POST", "/quotes", Some(&json!({"requested_tool": "tokenops", "requested_capability": "tokenops_result_package"})))
-        .await
-        .unwrap();
+    let Payer {
+        agent,
+        receiver,
+        quote,
+        body,
+    } = payer(&api, "x402-emulated-payer").await;
     assert!(
         quote["x402"].is_object(),
         "the emulator runs without x402 (scripts/test-all passes --set X402FacilitatorUrl=…): {quote}"
     );
     let price: u128 = quote["x402"]["amount"].as_str().unwrap().parse().unwrap();
-    let body = json!({
-        "trust_profile_id": agent.trust_profile_id,
-        "quote_id": quote["quote_id"],
-        "requested_tool": "tokenops",
-        "requested_capability": "tokenops_result_package",
-        "evidence": tokenops_local::agent::paid_evidence(quote["quote_id"].as_str().unwrap()),
-        "callback_url": callback_url,
-    });
     let (payer_addr, key) = payer_key(&peers, 1);
     let pay_to = peers["pay_to"].as_str().unwrap();
     let (payer_before, to_before) = (

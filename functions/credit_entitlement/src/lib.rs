@@ -2,17 +2,14 @@
 //! signature (Standard Webhooks scheme, provider secret), checked against the payment request,
 //! and funds the entitlement with a double-entry transfer — once, however often it is redelivered.
 
-use tokenops::api::{object_item, owned_object, serve, Call};
+use tokenops::api::{owned_object, serve, Call};
 use tokenops::config::Ctx;
 use tokenops::error::{ApiError, StoreError};
 use tokenops::http::{ApiRequest, ApiResponse, Op};
-use tokenops::ids::{now, now_rfc3339, parse_id, run_object_id};
-use tokenops::model::{
-    Balances, CreditEntitlement, ProviderConfirmation, ProviderRoute, SettlementConfirmation,
-};
-use tokenops::money;
+use tokenops::ids::{now, parse_id};
+use tokenops::model::{Balances, CreditEntitlement, ProviderConfirmation, ProviderRoute};
 use tokenops::proof::webhook;
-use tokenops::store::{Item, Key, Store, Write};
+use tokenops::store::{Item, Key, Store};
 
 pub async fn handle<S: Store>(ctx: &Ctx<S>, req: ApiRequest) -> ApiResponse {
     serve(ctx, req, |call| async move {
@@ -121,38 +118,15 @@ async fn confirm<S: Store>(ctx: &Ctx<S>, call: Call) -> Result<ApiResponse, ApiE
             "only 'paid' confirmations fund an entitlement",
         ));
     }
-    let owner = route.agent_id.clone();
     let ent_id = route.credit_entitlement_id.clone();
-    let (transfer, mut writes) = money::fund(&ent_id, &owner, &provider, &sid, route.credits);
-    let confirmation = SettlementConfirmation {
-        object_type: "settlement_confirmation".into(),
-        confirmation_id: run_object_id("conf", &sid),
-        settlement_id: sid.clone(),
-        provider: provider.clone(),
-        provider_event_id: c.provider_event_id.chars().take(200).collect(),
-        amount_credits: c.amount_credits,
-        signature_verified: true,
-        funding_transfer_id: transfer.transfer_id,
-        confirmed_at: now_rfc3339(),
-    };
     let mut confirmed_route = route.clone();
     confirmed_route.status = "confirmed".into();
     confirmed_route.payment_request.status = "paid".into();
-    writes.push(Write::create(object_item(
-        &confirmation.confirmation_id,
-        "settlement_confirmation",
-        &owner,
-        None,
-        &confirmation,
-    )?));
-    writes.push(Write::put(object_item(
-        &sid,
-        "provider_route",
-        &owner,
-        None,
+    let (confirmation, writes) = tokenops::provider::funding_writes(
         &confirmed_route,
-    )?));
-    writes.push(tokenops::provider::payment_settled_write(&sid));
+        &c.provider_event_id,
+        tokenops::provider::payment_outbox_key(&sid),
+    )?;
     match ctx.store.transact(writes).await {
         Ok(()) => {
             tracing::info!(settlement_id = %sid, credit_entitlement_id = %ent_id, "entitlement funded");

@@ -55,7 +55,8 @@ impl RpcChain {
         })
     }
 
-    async fn call(&self, method: &str, params: Value) -> Result<Value, String> {
+    /// One JSON-RPC call: its `result`, or the method and the error in words.
+    pub async fn call(&self, method: &str, params: Value) -> Result<Value, String> {
         let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
         let bytes = self
             .http

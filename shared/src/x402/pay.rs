@@ -30,10 +30,7 @@ use crate::config::Ctx;
 use crate::error::{ApiError, StoreError};
 use crate::http::ApiResponse;
 use crate::ids::{now, now_rfc3339, run_object_id};
-use crate::model::{
-    Balances, CreditEntitlement, PaymentRequest, ProviderRoute, SettlementConfirmation,
-};
-use crate::money;
+use crate::model::{Balances, CreditEntitlement, PaymentRequest, ProviderRoute};
 use crate::store::{Cond, Item, Key, Store, Write};
 
 /// The facilitator and the chain reader: what an x402 route needs besides the store.
@@ -620,7 +617,19 @@ async fn settle_no_more<S: Store, F: Facilitator, C: ChainReader>(
     r: PaymentRecord,
     from: &str,
 ) -> Result<PaymentRecord, StoreError> {
-    match ports.facilitator.verify(&r.payload, &r.requirements).await {
+    let verified = ports.facilitator.verify(&r.payload, &r.requirements).await;
+    after_verify(ctx, r, from, verified).await
+}
+
+/// What a fresh verify of an unused authorization decides: refused for a reason other than its
+/// nonce → failed (nothing moved, nothing can); anything else → still pending.
+async fn after_verify<S: Store>(
+    ctx: &Ctx<S>,
+    r: PaymentRecord,
+    from: &str,
+    verified: Result<VerifyResponse, FacilitatorError>,
+) -> Result<PaymentRecord, StoreError> {
+    match verified {
         Ok(v) if !v.is_valid && !says_used(v.invalid_reason.as_deref().unwrap_or_default()) => {
             let reason = v.invalid_reason.unwrap_or_else(|| "invalid".into());
             fail(ctx, r, from, &reason).await
@@ -693,41 +702,15 @@ async fn fund<S: Store>(
     settle: SettleResponse,
 ) -> Result<PaymentRecord, StoreError> {
     let sid = r.settlement_id.clone();
-    let ent_id = run_object_id("cred", &sid);
     r.payment.transaction = tx.clone();
     r.status = FUNDED.into();
     r.settle = Some(settle);
-    let (transfer, mut writes) = money::fund(&ent_id, &r.agent_id, X402, &sid, r.credits);
-    let confirmation = SettlementConfirmation {
-        object_type: "settlement_confirmation".into(),
-        confirmation_id: run_object_id("conf", &sid),
-        settlement_id: sid.clone(),
-        provider: X402.into(),
-        provider_event_id: tx.clone().unwrap_or_default(),
-        amount_credits: r.credits,
-        signature_verified: true,
-        funding_transfer_id: transfer.transfer_id,
-        confirmed_at: now_rfc3339(),
-    };
-    writes.push(Write::create(object_item(
-        &confirmation.confirmation_id,
-        "settlement_confirmation",
-        &r.agent_id,
-        None,
-        &confirmation,
-    )?));
-    writes.push(Write::put(object_item(
-        &sid,
-        "provider_route",
-        &r.agent_id,
-        None,
+    let (_, mut writes) = crate::provider::funding_writes(
         &route_of(ctx, &r, "confirmed"),
-    )?));
+        tx.as_deref().unwrap_or_default(),
+        outbox_key(&sid),
+    )?;
     writes.push(record_update(&r, from)?);
-    writes.push(Write::Delete {
-        key: outbox_key(&sid),
-        conds: vec![],
-    });
     tracing::info!(settlement_id = %sid, transaction = ?tx, credits = r.credits, "x402 payment settled; entitlement funded");
     save_or_reread(ctx, r, writes).await
 }
@@ -932,7 +915,7 @@ pub async fn reconcile<S: Store, F: Facilitator, C: ChainReader>(
                             // that cannot move money fails at once instead of burning gas.
                             match ports.facilitator.verify(&r.payload, &r.requirements).await {
                                 Ok(v) if v.is_valid => settle_claimed(ctx, ports, r).await?,
-                                Ok(_) => settle_no_more(ctx, ports, r, &from).await?,
+                                refused @ Ok(_) => after_verify(ctx, r, &from, refused).await?,
                                 Err(_) => r,
                             }
                         } else {
