@@ -28,4 +28,4 @@ check:
 	cargo clippy --workspace --all-targets -- -D warnings
 
 bench:
-	cargo run --release --bin tokenops -- bench --runs 200 --concurrency 1,4,16,32,64
+	cargo run --profile perf --bin tokenops -- bench --runs 200 --concurrency 1,4,16,32,64

@@ -40,6 +40,9 @@ pub struct Prices {
     pub lambda_memory_mb: f64,
     pub lambda_billed_ms_per_invocation: f64,
     pub step_functions_standard_per_transition: f64,
+    pub step_functions_express_per_million_requests: f64,
+    pub step_functions_express_per_gb_second: f64,
+    pub step_functions_express_memory_mb: f64,
     pub dynamodb_on_demand_per_million_write_units: f64,
     pub dynamodb_on_demand_per_million_read_units: f64,
     pub sqs_standard_per_million_requests: f64,
@@ -62,6 +65,8 @@ pub struct PerRun {
     pub dynamodb_requests: f64,
     pub sqs_requests: f64,
     pub state_transitions: f64,
+    /// Execution time per run, rounded up to 100 ms per execution as Express bills it.
+    pub workflow_billed_ms: f64,
     pub lambda_invocations: f64,
     pub http_api_requests: f64,
     /// The bench agent's reads while waiting (not part of the above).
@@ -77,6 +82,10 @@ pub struct Cost {
     pub sqs: f64,
     pub http_api: f64,
     pub total: f64,
+    /// The alternative shape: the same workflow as Step Functions Express (one request per run
+    /// plus its duration at the minimum 64 MB), and the total with it instead of Standard.
+    pub step_functions_express: f64,
+    pub total_with_express: f64,
 }
 
 impl Cost {
@@ -88,6 +97,10 @@ impl Cost {
             * (r.lambda_invocations * p.lambda_per_million_requests / m
                 + gb_s * p.lambda_arm64_per_gb_second);
         let step_functions = m * r.state_transitions * p.step_functions_standard_per_transition;
+        let express = p.step_functions_express_per_million_requests
+            + m * r.workflow_billed_ms / 1000.0
+                * (p.step_functions_express_memory_mb / 1024.0)
+                * p.step_functions_express_per_gb_second;
         let write_units = r.dynamodb_writes + 2.0 * r.dynamodb_transaction_items;
         let dynamodb = write_units * p.dynamodb_on_demand_per_million_write_units
             + r.dynamodb_reads * p.dynamodb_on_demand_per_million_read_units;
@@ -101,6 +114,8 @@ impl Cost {
             sqs: round(sqs),
             http_api: round(http_api),
             total: round(lambda + step_functions + dynamodb + sqs + http_api),
+            step_functions_express: round(express),
+            total_with_express: round(lambda + express + dynamodb + sqs + http_api),
         }
     }
 }
@@ -175,12 +190,9 @@ pub async fn run(
                 .await
                 .map_err(|e| e.to_string())?;
             let run_id = created["run_id"].as_str().unwrap_or_default().to_string();
-            // The callback says the run is delivered; no API read while it goes.
-            while receiver.verified_for(&run_id).is_empty() {
-                if start.elapsed() > Duration::from_secs(300) {
-                    return Err(format!("run {run_id}: no callback in 300 s"));
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
+            // The callback says the run is delivered; no API read (and no polling) while it goes.
+            if !receiver.wait_for(&run_id, Duration::from_secs(300)).await {
+                return Err(format!("run {run_id}: no callback in 300 s"));
             }
             // The attestation follows the callback: read until it is there.
             loop {
@@ -284,6 +296,7 @@ fn per_run(
         dynamodb_requests: r(reads + d.writes as f64 + d.transactions as f64),
         sqs_requests: r(sqs.total() as f64),
         state_transitions: r(transitions as f64),
+        workflow_billed_ms: r((after.engine.billed_ms - before.engine.billed_ms) as f64),
         lambda_invocations: r(invocations as f64),
         http_api_requests: 1.0,
         agent_reads: r(agent_reads),
@@ -335,6 +348,61 @@ pub fn table(reports: &[BenchReport]) -> String {
             "\n$ per 1 M runs at {} list prices of {} (infra/aws-prices.json): Lambda {:.2}, Step Functions {:.2}, DynamoDB {:.2}, SQS {:.2}, HTTP API {:.2} = {:.2}\n",
             p.region, p.as_of, c.lambda, c.step_functions, c.dynamodb, c.sqs, c.http_api, c.total
         ));
+        let billed = reports
+            .last()
+            .and_then(|r| r.per_run.as_ref())
+            .map_or(0.0, |r| r.workflow_billed_ms);
+        out.push_str(&format!(
+            "The same workflow as Step Functions Express (1 request + {billed} ms billed at {} MB per run): {:.2} instead of {:.2}, total {:.2}\n",
+            p.step_functions_express_memory_mb, c.step_functions_express, c.step_functions, c.total_with_express
+        ));
+    }
+    out
+}
+
+/// The emulator front's per-action timings (`GET /_emulator/stats`): where a run's time goes in
+/// `tokenops emulator`. `reset` clears them first (before a level).
+pub async fn emulator_stats(
+    front: &str,
+    reset: bool,
+) -> Result<std::collections::BTreeMap<String, crate::emulator::front::Timing>, String> {
+    let url = format!("{}/_emulator/stats", front.trim_end_matches('/'));
+    let http = reqwest::Client::new();
+    let req = if reset {
+        http.delete(&url)
+    } else {
+        http.get(&url)
+    };
+    let resp = req.send().await.map_err(|e| format!("{url}: {e}"))?;
+    if !resp.status().is_success() {
+        return Err(format!("{url}: HTTP {}", resp.status()));
+    }
+    if reset {
+        return Ok(Default::default());
+    }
+    let body = resp.bytes().await.map_err(|e| format!("{url}: {e}"))?;
+    serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))
+}
+
+/// One row per action, most time first: requests and milliseconds per run, mean and max.
+pub fn emulator_table(
+    stats: &std::collections::BTreeMap<String, crate::emulator::front::Timing>,
+    runs: usize,
+) -> String {
+    let runs = runs.max(1) as f64;
+    let mut rows: Vec<_> = stats.iter().collect();
+    rows.sort_by_key(|(_, t)| std::cmp::Reverse(t.total_us));
+    let mut out = String::from(
+        "| through the emulator front | per run | ms per run | mean ms | max ms |\n|---|---:|---:|---:|---:|\n",
+    );
+    for (what, t) in rows {
+        out.push_str(&format!(
+            "| {what} | {:.1} | {:.1} | {:.2} | {:.1} |\n",
+            t.count as f64 / runs,
+            t.total_us as f64 / 1000.0 / runs,
+            t.total_us as f64 / 1000.0 / t.count.max(1) as f64,
+            t.max_us as f64 / 1000.0
+        ));
     }
     out
 }
@@ -352,11 +420,17 @@ mod tests {
             dynamodb_transaction_items: 1.0,
             sqs_requests: 1.0,
             state_transitions: 1.0,
+            workflow_billed_ms: 1000.0,
             lambda_invocations: 1.0,
             http_api_requests: 1.0,
             ..Default::default()
         };
         let c = Cost::per_million_runs(&one_of_each, &p);
+        // Express: $1 per million requests + 1 s at 64 MB (1/16 GB-s) per run.
+        assert_eq!(
+            c.step_functions_express,
+            ((1.0 + 1e6 / 16.0 * 0.00001667) * 100.0_f64).round() / 100.0
+        );
         assert_eq!(c.step_functions, 25.0, "$25 per million transitions");
         assert_eq!(c.sqs, 0.4);
         assert_eq!(c.http_api, 1.0);

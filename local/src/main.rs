@@ -122,6 +122,10 @@ enum Cmd {
         /// emulator's API, or a deployed stack's). Requests are then not counted or priced.
         #[arg(long, conflicts_with = "data_dir")]
         api: Option<String>,
+        /// With `--api` on `tokenops emulator`: its front URL, to print per level where a run's
+        /// time goes (each AWS action and function invoke: requests and ms per run).
+        #[arg(long, requires = "api")]
+        emulator_front: Option<String>,
         /// One JSON object per level on stdout instead of the table.
         #[arg(long)]
         json: bool,
@@ -413,6 +417,7 @@ async fn main() -> ExitCode {
             concurrency,
             data_dir,
             api,
+            emulator_front,
             json,
         } => {
             init_logs("error,dynoxide=off");
@@ -435,10 +440,25 @@ async fn main() -> ExitCode {
             let mut failed = None;
             for c in concurrency {
                 eprintln!("bench: {runs} runs at concurrency {c}");
+                if let Some(front) = &emulator_front {
+                    if let Err(e) = bench::emulator_stats(front, true).await {
+                        failed = Some(e);
+                        break;
+                    }
+                }
                 match bench::run(&base, runs, c, rt.as_ref()).await {
                     Ok(r) => {
                         if json {
                             println!("{}", r.to_json());
+                        }
+                        if let Some(front) = &emulator_front {
+                            match bench::emulator_stats(front, false).await {
+                                Ok(stats) => eprint!(
+                                    "concurrency {c}:\n{}",
+                                    bench::emulator_table(&stats, runs)
+                                ),
+                                Err(e) => eprintln!("emulator stats: {e}"),
+                            }
                         }
                         reports.push(r);
                     }

@@ -11,7 +11,8 @@ use tokenops::config::Ctx;
 use tokenops::error::StoreError;
 use tokenops::model::FailedExecution;
 use tokenops::ports::{HttpSender, Orchestrator, Redriven, Started};
-use tokenops::store::{Cond, DynamoStore, Item, Key, Store, Write};
+use tokenops::store::{Cond, Item, Key, Store, Write};
+use tokenops_aws::DynamoStore;
 use tokio::sync::mpsc;
 
 use crate::asl::{
@@ -56,12 +57,16 @@ pub struct LocalTasks {
 pub struct EngineCounters {
     transitions: std::sync::atomic::AtomicU64,
     tasks: std::sync::atomic::AtomicU64,
+    billed_ms: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct EngineCounts {
     pub transitions: u64,
     pub tasks: u64,
+    /// Executions' run time as Step Functions Express would bill it (each rounded up to 100 ms):
+    /// the bench prices the Express shape with it.
+    pub billed_ms: u64,
     /// The engine's own store requests (standing in for Step Functions' state).
     pub store_requests: u64,
 }
@@ -253,6 +258,7 @@ impl LocalOrchestrator {
         EngineCounts {
             transitions: self.counters.transitions.load(Relaxed),
             tasks: self.counters.tasks.load(Relaxed),
+            billed_ms: self.counters.billed_ms.load(Relaxed),
             store_requests: tokenops::store::Store::requests(&self.store).total(),
         }
     }
@@ -399,6 +405,7 @@ async fn run_execution(
     faults: &Faults,
     name: &str,
 ) -> Result<Option<FailedExecution>, StoreError> {
+    let started = std::time::Instant::now();
     let store = &tasks.engine_store;
     let backoff = tasks.ctx.config.transient;
     let def = definition();
@@ -434,6 +441,11 @@ async fn run_execution(
             std::process::exit(86);
         }
     }
+    let billed = started.elapsed().as_millis().div_ceil(100) * 100;
+    tasks.counters.billed_ms.fetch_add(
+        u64::try_from(billed).unwrap_or(u64::MAX),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     match &st.status {
         ExecutionStatus::Failed { error, cause } => {
             tracing::error!(execution = %name, error, cause, "execution failed");

@@ -13,8 +13,9 @@ use tokenops::ports::HttpSender;
 use tokenops::proof::{dsse::AttestationKey, webhook};
 use tokenops::provider::{TestProvider, TEST_PROVIDER};
 use tokenops::queue::StoreQueue;
-use tokenops::store::{local_client, DynamoStore, Store};
+use tokenops::store::Store;
 use tokenops::x402::pay::HttpX402;
+use tokenops_aws::{local_client, DynamoStore};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 

@@ -15,8 +15,8 @@ use tokio::sync::watch;
 /// taken from `runtime` (which starts this server), so the two modules do not import each other.
 #[derive(Clone)]
 pub struct App {
-    pub ctx: tokenops::config::Ctx<tokenops::store::DynamoStore>,
-    pub queue: tokenops::queue::StoreQueue<tokenops::store::DynamoStore>,
+    pub ctx: tokenops::config::Ctx<tokenops_aws::DynamoStore>,
+    pub queue: tokenops::queue::StoreQueue<tokenops_aws::DynamoStore>,
     pub sender: HttpSender,
     pub provider: TestProvider,
     /// The x402 facilitator and chain clients, when x402 is configured.

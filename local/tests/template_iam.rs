@@ -5,7 +5,7 @@
 //! may call are written down here, with the code paths that need them, and checked against the
 //! template: changing either without the other fails this test.
 //!
-//! How Store operations reach DynamoDB (`shared/src/store/dynamo.rs`):
+//! How Store operations reach DynamoDB (`shared/aws/src/dynamodb.rs`):
 //! - `Store::get` → `GetItem`; `Store::query` → `Query` (on the table: it has no index).
 //! - `Store::transact` → one write alone as `PutItem`/`UpdateItem`/`DeleteItem`, several as one
 //!   `TransactWriteItems`, which IAM authorizes per item by the same three actions (and

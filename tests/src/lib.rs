@@ -79,7 +79,7 @@ pub async fn wait_delivered(agent: &Agent, run_id: &str) -> Value {
 
 /// Every item in the runtime's table (a full scan): tests assert that refused requests write nothing.
 pub async fn item_count(rt: &Runtime) -> usize {
-    let client = tokenops::store::local_client(&rt.dynamodb_endpoint);
+    let client = tokenops_aws::local_client(&rt.dynamodb_endpoint);
     let mut start = None;
     let mut n = 0usize;
     loop {

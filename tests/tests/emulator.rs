@@ -462,7 +462,7 @@ async fn the_relay_schedule_resends_a_run_whose_enqueue_was_lost() {
     let api = info["api_url"].as_str().unwrap();
     let endpoint = info["endpoint_url"].as_str().unwrap();
     let table = info["resources"]["Table"]["name"].as_str().unwrap();
-    let store = tokenops::store::DynamoStore::new(tokenops::store::local_client(endpoint), table);
+    let store = tokenops_aws::DynamoStore::new(tokenops_aws::local_client(endpoint), table);
     let pending = || async {
         store
             .query("PENDING", "run_", None)

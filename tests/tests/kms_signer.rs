@@ -1,4 +1,4 @@
-//! The KMS adapter of the signing port (`tokenops::proof::kms::KmsSigner`) through the real
+//! The KMS adapter of the signing port (`tokenops_aws::kms::KmsSigner`) through the real
 //! `aws-sdk-kms` client, against a stand-in KMS endpoint.
 //!
 //! Why a stand-in: moto (the emulator plane's upstream, 5.2.5, the latest release) has no
@@ -18,8 +18,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde_json::{json, Value};
 use tokenops::proof::dsse::{self, AttestationKey, DsseError, Statement, Subject};
-use tokenops::proof::kms::{KmsSigner, MAX_RAW_MESSAGE};
 use tokenops::proof::signer::{SignError, Signer};
+use tokenops_aws::kms::{KmsSigner, MAX_RAW_MESSAGE};
 
 const KEY_ARN: &str = "arn:aws:kms:us-east-1:123456789012:key/0d5f3a52-7c35-4a3e-9d62-1c2d3e4f5a6b";
 const ALIAS: &str = "alias/tokenops-attestation";

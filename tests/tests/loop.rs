@@ -88,7 +88,7 @@ async fn every_function_handles_its_event_fixture() {
     let http = |ev: Value| {
         let app = app.clone();
         async move {
-            tokenops_local::server::dispatch(&app, tokenops::lambda::request_from_apigw_v2(&ev))
+            tokenops_local::server::dispatch(&app, tokenops_aws::lambda::request_from_apigw_v2(&ev))
                 .await
         }
     };
@@ -137,7 +137,7 @@ async fn every_function_handles_its_event_fixture() {
     assert_eq!(r.json_body()["state"], "callback_delivered");
 
     // The SQS consumer: a redelivered message for a dispatched run starts nothing new.
-    for d in tokenops::lambda::sqs_deliveries(&fixture("queue", &vars)) {
+    for d in tokenops_aws::lambda::sqs_deliveries(&fixture("queue", &vars)) {
         let d = d.expect("fixture body is a run message");
         assert_eq!(
             queue::dispatch(&rt.ctx, &rt.orchestrator, &d)

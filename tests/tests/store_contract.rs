@@ -16,7 +16,8 @@ use tokenops::api::{access_key_item_key, commit, serve, sha256_hex, Call, Commit
 use tokenops::config::{Config, Ctx, RetryPolicy};
 use tokenops::error::{ApiError, StoreError};
 use tokenops::http::{ApiRequest, ApiResponse};
-use tokenops::store::{local_client, Cond, DynamoStore, Item, Key, Store, Write};
+use tokenops::store::{Cond, Item, Key, Store, Write};
+use tokenops_aws::{local_client, DynamoStore};
 use tokio::task::JoinSet;
 
 /// Every case, once per engine: `embedded::<case>` and `moto::<case>`; the cases after

@@ -19,7 +19,7 @@ pub const STAGE: &str = "attestation";
 pub const PREDICATE_TYPE: &str = "https://tokenops.dev/attestation/full-loop/v1";
 
 /// The configured signer; a process without one is misconfigured (the attestation function is
-/// started with [`tokenops::lambda::signing_ctx_from_env`]).
+/// started with [`tokenops_aws::lambda::signing_ctx_from_env`]).
 fn signer<S>(ctx: &Ctx<S>) -> Result<&dyn Signer, &'static str> {
     ctx.config
         .signer()

@@ -2,7 +2,8 @@
 
 use lambda_runtime::{run, service_fn, Diagnostic, Error, LambdaEvent};
 use serde_json::Value;
-use tokenops::{lambda, ports::HttpSender};
+use tokenops::ports::HttpSender;
+use tokenops_aws::lambda;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -17,7 +18,7 @@ async fn main() -> Result<(), Error> {
         }
         let out = callback::run_task(ctx, sender, ev.payload)
             .await
-            .map_err(Diagnostic::from)?;
+            .map_err(lambda::diagnostic)?;
         serde_json::to_value(out).map_err(|e| Diagnostic {
             error_type: "Internal".into(),
             error_message: e.to_string(),

@@ -1,7 +1,7 @@
 //! Wiring only: configuration, clients and the settlement provider once per cold start.
 
 use lambda_http::{run, service_fn, Error, Request};
-use tokenops::lambda;
+use tokenops_aws::lambda;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {

@@ -5,15 +5,15 @@
 
 use lambda_runtime::{run, service_fn, Diagnostic, Error, LambdaEvent};
 use serde_json::{json, Value};
-use tokenops::lambda::{self, StepFunctions};
 use tokenops::ports::HttpSender;
+use tokenops_aws::lambda;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     lambda::init_logging();
     let ctx = &lambda::ctx_from_env().await?;
-    let orch = &StepFunctions::from_env().await?;
-    let monitor = &lambda::sqs_queue_from_env().await?;
+    let orch = &lambda::step_functions_from_env()?;
+    let monitor = &lambda::sqs_queue_from_env()?;
     let sender = &HttpSender::new(std::time::Duration::from_secs(10))?;
     let provider = &lambda::test_provider(ctx);
     let relay_cfg = &queue::relay::RelayConfig::default();
@@ -26,13 +26,15 @@ async fn main() -> Result<(), Error> {
             ));
         }
         if let Some(failed) = lambda::failed_execution(&ev) {
-            let outcome = queue::failure::handle(ctx, sender, &failed).await?;
+            let outcome = queue::failure::handle(ctx, sender, &failed)
+                .await
+                .map_err(lambda::diagnostic)?;
             return Ok(json!({"outcome": format!("{outcome:?}")}));
         }
         // An operator's direct invocation (IAM is the authentication): `{"tokenops_redrive": RUN}`.
         if let Some(run_id) = ev.get("tokenops_redrive").and_then(Value::as_str) {
             let run_id = tokenops::ids::parse_id("run", run_id, "tokenops_redrive")
-                .map_err(|e| tokenops::error::TaskError::BadInput(e.detail))?;
+                .map_err(|e| lambda::diagnostic(tokenops::error::TaskError::BadInput(e.detail)))?;
             let resp =
                 queue::redrive::redrive_run(ctx, monitor, &run_id, queue::redrive::OPERATOR, None)
                     .await
@@ -42,12 +44,12 @@ async fn main() -> Result<(), Error> {
         if lambda::is_scheduled(&ev) {
             let report = queue::relay::tick(ctx, monitor, sender, provider, relay_cfg)
                 .await
-                .map_err(tokenops::error::TaskError::from)?;
+                .map_err(|e| lambda::diagnostic(e.into()))?;
             let x402 = match x402 {
                 Some(ports) => Some(
                     tokenops::x402::pay::reconcile(ctx, ports, relay_cfg.x402_after_ms)
                         .await
-                        .map_err(tokenops::error::TaskError::from)?,
+                        .map_err(|e| lambda::diagnostic(e.into()))?,
                 ),
                 None => None,
             };

@@ -2,7 +2,7 @@
 
 use lambda_runtime::{run, service_fn, Diagnostic, Error, LambdaEvent};
 use serde_json::Value;
-use tokenops::lambda;
+use tokenops_aws::lambda;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -11,7 +11,7 @@ async fn main() -> Result<(), Error> {
     run(service_fn(move |ev: LambdaEvent<Value>| async move {
         let out = settlement_receipt::run_task(ctx, ev.payload)
             .await
-            .map_err(Diagnostic::from)?;
+            .map_err(lambda::diagnostic)?;
         serde_json::to_value(out).map_err(|e| Diagnostic {
             error_type: "Internal".into(),
             error_message: e.to_string(),

@@ -1,7 +1,7 @@
 //! Wiring only: configuration and clients once per cold start, then the handler under lambda_http.
 
 use lambda_http::{run, service_fn, Error, Request};
-use tokenops::lambda;
+use tokenops_aws::lambda;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {

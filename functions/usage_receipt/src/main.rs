@@ -2,7 +2,7 @@
 
 use lambda_runtime::{run, service_fn, Diagnostic, Error, LambdaEvent};
 use serde_json::Value;
-use tokenops::lambda;
+use tokenops_aws::lambda;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -16,7 +16,7 @@ async fn main() -> Result<(), Error> {
         }
         let out = usage_receipt::run_task(ctx, ev.payload)
             .await
-            .map_err(Diagnostic::from)?;
+            .map_err(lambda::diagnostic)?;
         serde_json::to_value(out).map_err(|e| Diagnostic {
             error_type: "Internal".into(),
             error_message: e.to_string(),

@@ -448,15 +448,15 @@ mod tests {
         assert_eq!(d["input"], r#"{"run_id":"run_1"}"#);
         assert_eq!(d["output"], Value::Null);
         assert_eq!(d["redriveCount"], 1);
-        let f = tokenops::lambda::failed_execution(&ev).expect("the handler reads it");
+        let f = tokenops_aws::lambda::failed_execution(&ev).expect("the handler reads it");
         assert_eq!(
             (f.execution.as_str(), f.error.as_str()),
             ("run_1", "Internal")
         );
         assert!(f.cause.contains("boom"));
         let sched = scheduled_event("arn:aws:events:us-east-1:123456789012:rule/r");
-        assert!(tokenops::lambda::is_scheduled(&sched));
-        assert!(tokenops::lambda::failed_execution(&sched).is_none());
+        assert!(tokenops_aws::lambda::is_scheduled(&sched));
+        assert!(tokenops_aws::lambda::failed_execution(&sched).is_none());
     }
 
     #[test]

@@ -277,6 +277,40 @@ pub struct Front {
     pub sfn: aws_sdk_sfn::Client,
     /// Redriven executions and their attempts ([`super::sfn`]).
     pub lineages: super::sfn::Lineages,
+    /// Time spent per AWS action and per function invoke (`GET /_emulator/stats`).
+    pub timings: Timings,
+}
+
+/// Requests through the front, by what they were: `X-Amz-Target` for AWS JSON actions
+/// (`DynamoDB_20120810.GetItem`), `Lambda.Invoke <function>` for invokes. Where a run's time goes
+/// in the emulator: `tokenops bench --api` prints it.
+#[derive(Clone, Default)]
+pub struct Timings(Arc<Mutex<BTreeMap<String, Timing>>>);
+
+#[derive(Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Timing {
+    pub count: u64,
+    pub total_us: u64,
+    pub max_us: u64,
+}
+
+impl Timings {
+    fn record(&self, what: &str, took: std::time::Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let t = m.entry(what.to_string()).or_default();
+        t.count += 1;
+        t.total_us += us;
+        t.max_us = t.max_us.max(us);
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<String, Timing> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn clear(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
 }
 
 /// What an Invoke runs.
@@ -348,7 +382,12 @@ pub async fn handle(State(front): State<Front>, req: Request) -> Response {
     if let Some(rest) = path.strip_prefix("/2015-03-31/functions/") {
         if let Some(name) = rest.strip_suffix("/invocations") {
             let name = percent_decode(name);
-            return match front.invoke(&name, body.to_vec()).await {
+            let started = std::time::Instant::now();
+            let outcome = front.invoke(&name, body.to_vec()).await;
+            front
+                .timings
+                .record(&format!("Lambda.Invoke {name}"), started.elapsed());
+            return match outcome {
                 Some(Outcome::Ok(b)) => response(
                     200,
                     &[
@@ -420,6 +459,11 @@ pub async fn handle(State(front): State<Front>, req: Request) -> Response {
             };
         }
         ("GET", "/_emulator/faults") => return json_response(200, &front.faults.report()),
+        ("GET", "/_emulator/stats") => return json_response(200, &json!(front.timings.snapshot())),
+        ("DELETE", "/_emulator/stats") => {
+            front.timings.clear();
+            return json_response(200, &json!({"cleared": true}));
+        }
         ("POST", "/_emulator/faults") => {
             let added = serde_json::from_slice::<Fault>(&body)
                 .map_err(|e| e.to_string())
@@ -453,7 +497,15 @@ pub async fn handle(State(front): State<Front>, req: Request) -> Response {
         }
         _ => {}
     }
-    forward(&front, parts, body.to_vec()).await
+    let what = if target.is_empty() {
+        format!("{} {}", parts.method, path)
+    } else {
+        target.to_string()
+    };
+    let started = std::time::Instant::now();
+    let r = forward(&front, parts, body.to_vec()).await;
+    front.timings.record(&what, started.elapsed());
+    r
 }
 
 /// Forwards to the upstream emulator with method, headers (Host included, so URLs the upstream
@@ -548,6 +600,7 @@ mod tests {
             duplicated_batches: Arc::default(),
             sfn: crate::emulator::sfn_client("http://127.0.0.1:9"),
             lineages: Default::default(),
+            timings: Timings::default(),
         }
     }
 

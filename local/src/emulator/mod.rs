@@ -18,7 +18,7 @@
 //! Signing: moto's KMS has no Ed25519 (`ECC_NIST_EDWARDS25519`) keys, so the function the
 //! template gives a KMS key (`ATTESTATION_KMS_KEY_ID`) gets a local key instead: a random seed
 //! per emulator start in `ATTESTATION_LOCAL_KEY_SEED`, the emulator-only setting of
-//! `tokenops::lambda::signer_from_env`. An upstream with Ed25519 KMS keys can be used by passing
+//! `tokenops_aws::lambda::signer_from_env`. An upstream with Ed25519 KMS keys can be used by passing
 //! `ATTESTATION_KMS_KEY_ID` in [`EmulatorOptions::env`].
 
 pub mod apigw;
@@ -108,7 +108,7 @@ async fn bind(addr: &str) -> Result<TcpListener, EmulatorError> {
 }
 
 /// SQS and Step Functions clients for an emulator endpoint (static test credentials); the
-/// DynamoDB one is `tokenops::store::local_client`.
+/// DynamoDB one is `tokenops_aws::local_client`.
 pub fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
     use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
     aws_sdk_sqs::Client::from_conf(
@@ -161,7 +161,7 @@ impl Emulator {
         // Resources, in dependency order: tables, queues (dead-letter queues first), functions
         // (names only), state machines.
         let mut physical: BTreeMap<String, Physical> = BTreeMap::new();
-        let ddb = tokenops::store::local_client(&opts.upstream);
+        let ddb = tokenops_aws::local_client(&opts.upstream);
         for table in &t.tables {
             create_table(&ddb, table).await.map_err(up)?;
             physical.insert(
@@ -301,6 +301,8 @@ impl Emulator {
             })?;
             let mut env = vec![
                 ("AWS_ENDPOINT_URL".to_string(), front_url.clone()),
+                // DynamoDB needs nothing from the front: straight to the upstream.
+                ("AWS_ENDPOINT_URL_DYNAMODB".into(), opts.upstream.clone()),
                 ("AWS_REGION".into(), REGION.into()),
                 ("AWS_DEFAULT_REGION".into(), REGION.into()),
                 ("AWS_ACCESS_KEY_ID".into(), "test".into()),
@@ -315,10 +317,10 @@ impl Emulator {
                 ),
             ];
             for (k, v) in &f.env {
-                if k == tokenops::lambda::SIGNER_KMS_KEY && !overrides.contains_key(k) {
+                if k == tokenops_aws::lambda::SIGNER_KMS_KEY && !overrides.contains_key(k) {
                     // No Ed25519 KMS upstream: the signer gets a local key (see the module doc).
                     env.push((
-                        tokenops::lambda::SIGNER_LOCAL_SEED.to_string(),
+                        tokenops_aws::lambda::SIGNER_LOCAL_SEED.to_string(),
                         local_signer_seed.clone(),
                     ));
                     continue;
@@ -443,6 +445,7 @@ impl Emulator {
             duplicated_batches: Arc::default(),
             sfn: sfn.clone(),
             lineages: sfn::Lineages::default(),
+            timings: front::Timings::default(),
         };
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         serve(
@@ -538,7 +541,7 @@ async fn create_table(
             t.logical_id
         ));
     }
-    tokenops::store::DynamoStore::new(ddb.clone(), &t.name)
+    tokenops_aws::DynamoStore::new(ddb.clone(), &t.name)
         .ensure_table()
         .await
         .map_err(|e| format!("CreateTable {}: {e}", t.name))

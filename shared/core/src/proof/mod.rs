@@ -8,7 +8,6 @@
 
 pub mod dsse;
 pub mod jcs;
-pub mod kms;
 pub mod ledger;
 pub mod signer;
 pub mod webhook;

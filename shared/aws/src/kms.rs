@@ -15,8 +15,8 @@ use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{KeySpec, KeyUsageType, MessageType, SigningAlgorithmSpec};
 
-use super::dsse::{self, PublicKeyInfo};
-use super::signer::{SignError, SignFuture, Signer};
+use tokenops::proof::dsse::{self, PublicKeyInfo};
+use tokenops::proof::signer::{SignError, SignFuture, Signer};
 
 /// KMS `Sign`'s limit on a `RAW` message.
 pub const MAX_RAW_MESSAGE: usize = 4096;

@@ -13,8 +13,8 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_dynamodb::Client;
 
-use super::{Cond, Item, Key, RequestCounts, Store, Write};
-use crate::error::StoreError;
+use tokenops::error::StoreError;
+use tokenops::store::{Cond, Item, Key, RequestCounts, Store, Write};
 
 /// Attributes with a fixed meaning; every other `S` is an attr and every other `N` a number.
 pub const TABLE_ATTRIBUTES: [&str; 6] = ["pk", "sk", "kind", "owner", "doc", "ttl"];
@@ -186,7 +186,11 @@ fn key_map(key: &Key) -> HashMap<String, AttributeValue> {
     ])
 }
 
-impl From<&Item> for HashMap<String, AttributeValue> {
+/// An item as DynamoDB holds it. The newtype carries the two mappings: [`Item`] lives in the
+/// common crate, which knows nothing of `AttributeValue`.
+pub struct DynamoItem(pub HashMap<String, AttributeValue>);
+
+impl From<&Item> for DynamoItem {
     fn from(item: &Item) -> Self {
         let mut m = key_map(&item.key);
         m.insert("kind".into(), AttributeValue::S(item.kind.clone()));
@@ -203,14 +207,14 @@ impl From<&Item> for HashMap<String, AttributeValue> {
         for (k, v) in &item.attrs {
             m.insert(k.clone(), AttributeValue::S(v.clone()));
         }
-        m
+        DynamoItem(m)
     }
 }
 
-impl TryFrom<HashMap<String, AttributeValue>> for Item {
+impl TryFrom<DynamoItem> for Item {
     type Error = StoreError;
 
-    fn try_from(mut m: HashMap<String, AttributeValue>) -> Result<Self, Self::Error> {
+    fn try_from(DynamoItem(mut m): DynamoItem) -> Result<Self, Self::Error> {
         let mut take_s = |name: &str| match m.remove(name) {
             Some(AttributeValue::S(s)) => Ok(Some(s)),
             None => Ok(None),
@@ -371,7 +375,7 @@ impl DynamoStore {
                 b.put(
                     Put::builder()
                         .table_name(&*self.table)
-                        .set_item(Some(item.into()))
+                        .set_item(Some(DynamoItem::from(item).0))
                         .set_condition_expression(c)
                         .set_expression_attribute_names(e.names())
                         .set_expression_attribute_values(e.values())
@@ -451,7 +455,7 @@ impl DynamoStore {
                 self.client
                     .put_item()
                     .table_name(&*self.table)
-                    .set_item(Some((&item).into()))
+                    .set_item(Some(DynamoItem::from(&item).0))
                     .set_condition_expression(c)
                     .set_expression_attribute_names(e.names())
                     .set_expression_attribute_values(e.values())
@@ -559,7 +563,7 @@ impl Store for DynamoStore {
             .send()
             .await
             .map_err(sdk_err)?;
-        out.item.map(Item::try_from).transpose()
+        out.item.map(|m| Item::try_from(DynamoItem(m))).transpose()
     }
 
     async fn query(
@@ -594,7 +598,7 @@ impl Store for DynamoStore {
             };
             let out = q.send().await.map_err(sdk_err)?;
             for m in out.items.unwrap_or_default() {
-                items.push(Item::try_from(m)?);
+                items.push(Item::try_from(DynamoItem(m))?);
             }
             start = out.last_evaluated_key;
             if start.is_none() || limit.is_some_and(|l| items.len() >= l) {

@@ -1,11 +1,14 @@
-//! TokenOps common model crate: every function and the local runtime build on it.
+//! TokenOps common model crate (shared/core): every function and the local runtime build on it.
+//! It holds no AWS SDK: the AWS adapters of its ports and the Lambda edge are `tokenops_aws`
+//! (shared/aws).
 //!
 //! - [`model`]: the loop objects (serde + JSON Schema) and the full loop payload;
 //! - [`run_state`]: the run's checked state machine;
 //! - [`evidence`]: the deterministic evidence review (stage 8);
 //! - [`money`]: double-entry transfers and their conditional writes;
 //! - [`proof`]: RFC 8785 digests, the hash-chained ledger, DSSE/in-toto, Standard Webhooks;
-//! - [`store`], [`ports`], [`queue`], [`provider`]: the ports and their adapters;
+//! - [`store`], [`ports`], [`queue`], [`provider`]: the ports, the store-backed queue and the
+//!   HTTP-client adapters (callbacks, the test provider);
 //! - [`x402`]: HTTP 402 payments (x402 v2) — wire types, facilitator and chain ports, money rules;
 //! - [`http`], [`api`]: the HTTP edge shared by API-facing functions;
 //! - [`manifest`], [`openapi`]: discovery — the manifest and the OpenAPI document;
@@ -19,7 +22,6 @@ pub mod error;
 pub mod evidence;
 pub mod http;
 pub mod ids;
-pub mod lambda;
 pub mod manifest;
 pub mod model;
 pub mod money;

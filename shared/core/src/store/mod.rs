@@ -22,10 +22,8 @@
 //! object, the run update and any money movement in one `TransactWriteItems`, so a stage either
 //! happened or did not.
 
-mod dynamo;
 mod item;
 
-pub use dynamo::{local_client, DynamoStore, TABLE_ATTRIBUTES};
 pub use item::{Cond, Item, Key, Write};
 
 use crate::error::StoreError;

@@ -1,14 +1,12 @@
 //! Adapters of the [`RunQueue`](crate::ports::RunQueue) port: [`StoreQueue`] (SQS semantics on the
-//! table itself; the embedded default) and [`SqsQueue`] (Amazon SQS; AWS and emulators).
+//! table itself; the embedded default) and `tokenops_aws::SqsQueue` (Amazon SQS; AWS and emulators).
 //!
 //! Both planes also keep a *pending index* in the table (`PENDING` / `<execution name>`, written
 //! with the run or replay and deleted when the queue stage dispatches it): SQS has no "age of the
 //! oldest message" attribute, so `GET /queue` reads it from there.
 
-mod sqs;
 mod store;
 
-pub use sqs::SqsQueue;
 pub use store::{QueueOps, StoreQueue};
 
 use crate::model::RunMessage;

@@ -1,6 +1,6 @@
 //! The signing port: what signs attestations. Two adapters: the local key
 //! ([`super::dsse::AttestationKey`], a seed the local plane keeps in its data dir) and AWS KMS
-//! ([`super::kms::KmsSigner`], a non-exportable Ed25519 key). Both sign pure Ed25519 (RFC 8032)
+//! (`tokenops_aws::KmsSigner`, a non-exportable Ed25519 key). Both sign pure Ed25519 (RFC 8032)
 //! over the bytes they are given, which for an attestation are the DSSE PAE
 //! ([`super::dsse::sign_statement`]); both publish the same [`PublicKeyInfo`] shape that
 //! `GET /keys` serves, so verification is the same offline whichever signed.

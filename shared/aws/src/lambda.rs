@@ -8,13 +8,19 @@ use std::sync::Arc;
 use base64::Engine;
 use serde_json::{json, Value};
 
-use crate::config::{Config, Ctx, RetryPolicy};
-use crate::error::TaskError;
-use crate::http::{parse_query, ApiRequest, ApiResponse};
-use crate::proof::dsse::AttestationKey;
-use crate::proof::kms::KmsSigner;
-use crate::proof::signer::{SignError, Signer};
-use crate::store::DynamoStore;
+use crate::dynamodb::DynamoStore;
+use crate::kms::KmsSigner;
+use crate::sfn::StepFunctions;
+use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_credential_types::Credentials;
+use aws_sdk_dynamodb::config::BehaviorVersion;
+use aws_types::region::Region;
+use aws_types::sdk_config::SdkConfig;
+use tokenops::config::{Config, Ctx, RetryPolicy};
+use tokenops::error::TaskError;
+use tokenops::http::{parse_query, ApiRequest, ApiResponse};
+use tokenops::proof::dsse::AttestationKey;
+use tokenops::proof::signer::{SignError, Signer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -37,19 +43,41 @@ fn env(name: &'static str) -> Result<String, ConfigError> {
     std::env::var(name).map_err(|_| ConfigError::Missing(name))
 }
 
-/// The AWS SDK configuration, loaded once per cold start and shared by every client. It honours
-/// `AWS_ENDPOINT_URL` (emulators), the region and the credentials of the Lambda environment.
-pub async fn sdk() -> &'static aws_config::SdkConfig {
-    static SDK: tokio::sync::OnceCell<aws_config::SdkConfig> = tokio::sync::OnceCell::const_new();
-    SDK.get_or_init(|| aws_config::load_defaults(aws_config::BehaviorVersion::latest()))
-        .await
+/// The AWS SDK configuration, built once per cold start from what Lambda hands every function:
+/// the region (`AWS_REGION`), the execution role's credentials (`AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`) and, for emulators, `AWS_ENDPOINT_URL`. Each
+/// client adds the SDK's defaults (standard retries, tokio sleep, the rustls HTTPS client).
+pub fn sdk() -> Result<&'static SdkConfig, ConfigError> {
+    static SDK: std::sync::OnceLock<SdkConfig> = std::sync::OnceLock::new();
+    if let Some(sdk) = SDK.get() {
+        return Ok(sdk);
+    }
+    let region = env("AWS_REGION").or_else(|_| env("AWS_DEFAULT_REGION"))?;
+    let credentials = Credentials::new(
+        env("AWS_ACCESS_KEY_ID")?,
+        env("AWS_SECRET_ACCESS_KEY")?,
+        std::env::var("AWS_SESSION_TOKEN").ok(),
+        None,
+        "lambda-environment",
+    );
+    let mut builder = SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(region))
+        .credentials_provider(SharedCredentialsProvider::new(credentials));
+    if let Some(url) = std::env::var("AWS_ENDPOINT_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    {
+        builder = builder.endpoint_url(url);
+    }
+    Ok(SDK.get_or_init(|| builder.build()))
 }
 
 /// The SQS run queue from `QUEUE_URL` (and `DLQ_URL` for the monitor's dead-letter depth).
-pub async fn sqs_queue_from_env() -> Result<crate::queue::SqsQueue, ConfigError> {
+pub fn sqs_queue_from_env() -> Result<crate::sqs::SqsQueue, ConfigError> {
     let dlq = std::env::var("DLQ_URL").ok().filter(|u| !u.is_empty());
-    Ok(crate::queue::SqsQueue::new(
-        aws_sdk_sqs::Client::new(sdk().await),
+    Ok(crate::sqs::SqsQueue::new(
+        aws_sdk_sqs::Client::new(sdk()?),
         &env("QUEUE_URL")?,
         dlq.as_deref(),
     ))
@@ -72,7 +100,7 @@ pub async fn signer_from_env() -> Result<Arc<dyn Signer>, ConfigError> {
     let set = |name| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
     match (set(SIGNER_KMS_KEY), set(SIGNER_LOCAL_SEED)) {
         (Some(key), None) => Ok(Arc::new(
-            KmsSigner::connect(aws_sdk_kms::Client::new(sdk().await), key.trim()).await?,
+            KmsSigner::connect(aws_sdk_kms::Client::new(sdk()?), key.trim()).await?,
         )),
         (None, Some(seed)) => Ok(Arc::new(key_from_b64(SIGNER_LOCAL_SEED, &seed)?)),
         (None, None) => Err(ConfigError::Missing(SIGNER_KMS_KEY)),
@@ -97,13 +125,22 @@ pub async fn ctx_from_env() -> Result<Ctx<DynamoStore>, ConfigError> {
 }
 
 async fn ctx_with(signer: Option<Arc<dyn Signer>>) -> Result<Ctx<DynamoStore>, ConfigError> {
+    // `AWS_ENDPOINT_URL_DYNAMODB` (the SDKs' per-service endpoint setting) before the global one:
+    // the emulator sends DynamoDB straight to its upstream, one hop fewer per request.
+    let mut ddb = aws_sdk_dynamodb::config::Builder::from(sdk()?);
+    if let Some(url) = std::env::var("AWS_ENDPOINT_URL_DYNAMODB")
+        .ok()
+        .filter(|u| !u.is_empty())
+    {
+        ddb = ddb.endpoint_url(url);
+    }
     let store = DynamoStore::new(
-        aws_sdk_dynamodb::Client::new(sdk().await),
+        aws_sdk_dynamodb::Client::from_conf(ddb.build()),
         &env("TABLE_NAME")?,
     );
     let mut provider_secrets = BTreeMap::new();
     if let Ok(s) = env("TEST_PROVIDER_SECRET") {
-        provider_secrets.insert(crate::provider::TEST_PROVIDER.to_string(), s);
+        provider_secrets.insert(tokenops::provider::TEST_PROVIDER.to_string(), s);
     }
     let config = Config {
         public_base_url: env("PUBLIC_BASE_URL")?,
@@ -117,31 +154,44 @@ async fn ctx_with(signer: Option<Arc<dyn Signer>>) -> Result<Ctx<DynamoStore>, C
             base_delay_ms: 500,
         },
         idempotency_ttl_secs: 86_400,
-        transient: crate::backoff::Backoff::TRANSIENT,
-        x402: crate::x402::X402Config::from_lookup(|k| std::env::var(k).ok())
+        transient: tokenops::backoff::Backoff::TRANSIENT,
+        x402: tokenops::x402::X402Config::from_lookup(|k| std::env::var(k).ok())
             .map_err(|e| ConfigError::Invalid(e.name, e.reason))?,
     };
     Ok(Ctx::new(store, config))
 }
 
 /// The x402 facilitator and chain clients, when `X402_FACILITATOR_URL` configures x402.
-pub fn x402_ports<S>(ctx: &Ctx<S>) -> Result<Option<crate::x402::pay::HttpX402>, reqwest::Error> {
+pub fn x402_ports<S>(
+    ctx: &Ctx<S>,
+) -> Result<Option<tokenops::x402::pay::HttpX402>, reqwest::Error> {
     ctx.config
         .x402
         .as_ref()
-        .map(crate::x402::pay::HttpX402::from_config)
+        .map(tokenops::x402::pay::HttpX402::from_config)
         .transpose()
 }
 
-/// Structured JSON logs (no secrets or evidence are ever passed to tracing fields).
+/// Structured logs at the level Lambda's logging controls set (`AWS_LAMBDA_LOG_LEVEL`, else
+/// `RUST_LOG` as a plain level, else INFO), JSON when `AWS_LAMBDA_LOG_FORMAT` is JSON. No secrets
+/// or evidence are ever passed to tracing fields.
 pub fn init_logging() {
-    let _ = tracing_subscriber_init();
-}
-
-fn tracing_subscriber_init() -> Result<(), ()> {
-    // lambda_runtime's tracing feature installs a JSON-capable subscriber.
-    lambda_runtime::tracing::init_default_subscriber();
-    Ok(())
+    use tracing_subscriber::filter::LevelFilter;
+    let level = std::env::var("AWS_LAMBDA_LOG_LEVEL")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .ok()
+        .and_then(|l| l.trim().parse::<LevelFilter>().ok())
+        .unwrap_or(LevelFilter::INFO);
+    let fmt = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_target(false)
+        .without_time();
+    let json = std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let _ = if json {
+        fmt.json().try_init()
+    } else {
+        fmt.try_init()
+    };
 }
 
 /// API Gateway HTTP API v2 event → request.
@@ -221,117 +271,34 @@ pub fn response_to_http(r: ApiResponse) -> lambda_http::Response<lambda_http::Bo
         .unwrap_or_else(|_| lambda_http::Response::new(lambda_http::Body::Empty))
 }
 
-/// Task errors reach Step Functions as `errorType` (matched by the ASL) + message.
-impl From<TaskError> for lambda_runtime::Diagnostic {
-    fn from(e: TaskError) -> Self {
-        lambda_runtime::Diagnostic {
-            error_type: e.error_type().to_string(),
-            error_message: e.to_string(),
-        }
+/// A task error as Step Functions sees it: `errorType` (matched by the ASL's Retry and Catch)
+/// and a message.
+pub fn diagnostic(e: TaskError) -> lambda_runtime::Diagnostic {
+    lambda_runtime::Diagnostic {
+        error_type: e.error_type().to_string(),
+        error_message: e.to_string(),
     }
 }
 
-/// Step Functions orchestrator: executions are named by the run, so a duplicate start is
-/// `ExecutionAlreadyExists`, reported as [`Started::AlreadyExists`].
-#[derive(Clone)]
-pub struct StepFunctions {
-    client: aws_sdk_sfn::Client,
-    state_machine_arn: String,
-}
-
-impl StepFunctions {
-    pub async fn from_env() -> Result<Self, ConfigError> {
-        Ok(StepFunctions {
-            client: aws_sdk_sfn::Client::new(sdk().await),
-            state_machine_arn: env("STATE_MACHINE_ARN")?,
-        })
-    }
-}
-
-impl crate::ports::Orchestrator for StepFunctions {
-    async fn start(
-        &self,
-        name: &str,
-        input: Value,
-    ) -> Result<crate::ports::Started, crate::error::StoreError> {
-        let res = self
-            .client
-            .start_execution()
-            .state_machine_arn(&self.state_machine_arn)
-            .name(name)
-            .input(input.to_string())
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(crate::ports::Started::New),
-            Err(e) => {
-                let msg = format!("{}", aws_sdk_sfn::error::DisplayErrorContext(&e));
-                if msg.contains("ExecutionAlreadyExists") {
-                    Ok(crate::ports::Started::AlreadyExists)
-                } else {
-                    Err(crate::error::StoreError::Unavailable(msg))
-                }
-            }
-        }
-    }
-
-    async fn redrive(
-        &self,
-        name: &str,
-    ) -> Result<crate::ports::Redriven, crate::error::StoreError> {
-        self.redrive_execution(name).await
-    }
-}
-
-impl StepFunctions {
-    /// Executions are named by the run: the ARN follows from the state machine's.
-    fn execution_arn(&self, name: &str) -> String {
-        format!(
-            "{}:{name}",
-            self.state_machine_arn
-                .replacen(":stateMachine:", ":execution:", 1)
-        )
-    }
-
-    /// `RedriveExecution`: not redrivable (running, succeeded, redriven already) is not an error.
-    pub async fn redrive_execution(
-        &self,
-        name: &str,
-    ) -> Result<crate::ports::Redriven, crate::error::StoreError> {
-        use crate::ports::Redriven;
-        let res = self
-            .client
-            .redrive_execution()
-            .execution_arn(self.execution_arn(name))
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(Redriven::Yes),
-            Err(e) => {
-                let msg = format!("{}", aws_sdk_sfn::error::DisplayErrorContext(&e));
-                if msg.contains("ExecutionNotRedrivable") {
-                    Ok(Redriven::NotFailed)
-                } else if msg.contains("ExecutionDoesNotExist") {
-                    Ok(Redriven::NotFound)
-                } else {
-                    Err(crate::error::StoreError::Unavailable(msg))
-                }
-            }
-        }
-    }
+/// The Step Functions orchestrator from `STATE_MACHINE_ARN`.
+pub fn step_functions_from_env() -> Result<StepFunctions, ConfigError> {
+    Ok(StepFunctions::new(
+        aws_sdk_sfn::Client::new(sdk()?),
+        &env("STATE_MACHINE_ARN")?,
+    ))
 }
 
 /// The test provider as the Lambda functions run it: its secret from the configuration, the
 /// API's own URL, confirming before `request_payment` returns (a frozen sandbox would never run a
 /// background task).
-pub fn test_provider<S>(ctx: &Ctx<S>) -> crate::provider::TestProvider {
+pub fn test_provider<S>(ctx: &Ctx<S>) -> tokenops::provider::TestProvider {
     let secret = ctx
         .config
         .provider_secrets
-        .get(crate::provider::TEST_PROVIDER)
+        .get(tokenops::provider::TEST_PROVIDER)
         .cloned()
         .unwrap_or_default();
-    crate::provider::TestProvider::new(
+    tokenops::provider::TestProvider::new(
         &ctx.config.public_base_url,
         &secret,
         std::time::Duration::ZERO,
@@ -342,7 +309,7 @@ pub fn test_provider<S>(ctx: &Ctx<S>) -> crate::provider::TestProvider {
 /// An EventBridge "Step Functions Execution Status Change" event for a FAILED, TIMED_OUT or
 /// ABORTED execution → what the failure handler needs. The event carries the execution's error
 /// and cause (`detail.error`, `detail.cause`); a timeout or abort has none, so its status names it.
-pub fn failed_execution(ev: &Value) -> Option<crate::model::FailedExecution> {
+pub fn failed_execution(ev: &Value) -> Option<tokenops::model::FailedExecution> {
     if ev.get("detail-type").and_then(Value::as_str)
         != Some("Step Functions Execution Status Change")
     {
@@ -354,7 +321,7 @@ pub fn failed_execution(ev: &Value) -> Option<crate::model::FailedExecution> {
         return None;
     }
     let text = |k: &str| d.get(k).and_then(Value::as_str).map(str::to_string);
-    Some(crate::model::FailedExecution {
+    Some(tokenops::model::FailedExecution {
         execution: text("name")?,
         error: text("error").unwrap_or_else(|| match status {
             "TIMED_OUT" => "States.Timeout".into(),
@@ -371,7 +338,7 @@ pub fn is_scheduled(ev: &Value) -> bool {
 }
 
 /// SQS event records → deliveries (body must be a run message; a bad body is reported per record).
-pub fn sqs_deliveries(ev: &Value) -> Vec<Result<crate::ports::Delivery, String>> {
+pub fn sqs_deliveries(ev: &Value) -> Vec<Result<tokenops::ports::Delivery, String>> {
     ev.get("Records")
         .and_then(Value::as_array)
         .map(|recs| {
@@ -394,7 +361,7 @@ pub fn sqs_deliveries(ev: &Value) -> Vec<Result<crate::ports::Delivery, String>>
                         .and_then(|c| c.parse().ok())
                         .unwrap_or(0);
                     serde_json::from_str(body)
-                        .map(|body| crate::ports::Delivery {
+                        .map(|body| tokenops::ports::Delivery {
                             message_id: id.clone(),
                             receipt: r
                                 .get("receiptHandle")

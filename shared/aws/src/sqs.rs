@@ -8,9 +8,9 @@ use std::sync::Arc;
 use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName};
 use aws_sdk_sqs::Client;
 
-use crate::error::StoreError;
-use crate::model::RunMessage;
-use crate::ports::{Delivery, QueueStats, RunQueue};
+use tokenops::error::StoreError;
+use tokenops::model::RunMessage;
+use tokenops::ports::{Delivery, QueueStats, RunQueue};
 
 #[derive(Clone)]
 pub struct SqsQueue {
