@@ -12,7 +12,7 @@ use tokenops::model::{CallbackRecord, RunContract, TaskOutput};
 use tokenops::ports::CallbackSender;
 use tokenops::proof::jcs;
 use tokenops::run_state::{RunState, Transition};
-use tokenops::stage::{advance, load, task_input, Step};
+use tokenops::stage::{advance_from, load, task_input, Step};
 use tokenops::store::Store;
 
 pub const STAGE: &str = "callback";
@@ -51,14 +51,7 @@ pub async fn run_task<S: Store, C: CallbackSender>(
         Transition::Go => {}
         // Delivered already (or refused): `advance` answers without an effect.
         _ => {
-            return advance(
-                &ctx.store,
-                &run_id,
-                STAGE,
-                RunState::CallbackDelivered,
-                no_step,
-            )
-            .await
+            return advance_from(&ctx.store, rec, STAGE, RunState::CallbackDelivered, no_step).await
         }
     }
     // Deliver first, outside the run's optimistic lock: a lost lock must not mean a second POST.
@@ -81,7 +74,8 @@ pub async fn run_task<S: Store, C: CallbackSender>(
         RunState::CallbackFailed
     };
     let record = &record;
-    let out = advance(&ctx.store, &run_id, STAGE, to, |rec| async move {
+    // The run as read before delivering: its version still guards the write.
+    let out = advance_from(&ctx.store, rec, STAGE, to, |rec| async move {
         let mut payload = rec.payload.clone();
         payload.state = to;
         payload.link(

@@ -15,7 +15,7 @@ use tokenops::model::{
 use tokenops::ports::{Delivery, Orchestrator, Redriven, RunQueue};
 use tokenops::proof::jcs;
 use tokenops::run_state::{RunState, Transition};
-use tokenops::stage::{advance, load, Step};
+use tokenops::stage::{advance_from, load, Step};
 use tokenops::store::{Item, Key, Store, Write};
 
 pub mod failure;
@@ -113,7 +113,7 @@ pub async fn dispatch<S: Store, O: Orchestrator>(
             }
             Transition::Go => {
                 let exec_name = name.clone();
-                advance(&ctx.store, &run_id, STAGE, RunState::Dispatched, |rec| {
+                advance_from(&ctx.store, rec, STAGE, RunState::Dispatched, |rec| {
                     let exec_name = exec_name.clone();
                     async move {
                         let qs = QueueState {

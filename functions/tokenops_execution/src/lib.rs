@@ -11,7 +11,7 @@ use tokenops::ids::{now_rfc3339, run_object_id};
 use tokenops::model::*;
 use tokenops::proof::jcs;
 use tokenops::run_state::RunState;
-use tokenops::stage::{advance, load, task_input, Step};
+use tokenops::stage::{advance_from, load, task_input, Step};
 use tokenops::store::{Key, Store, Write};
 
 pub const STAGE: &str = "tokenops_execution";
@@ -63,9 +63,9 @@ pub async fn run_task<S: Store>(
             evidence_status: Some("partial".into()),
         });
     }
-    let mut out = advance(
+    let mut out = advance_from(
         &ctx.store,
-        &run_id,
+        rec,
         STAGE,
         RunState::Reviewed,
         |rec| async move {

@@ -16,6 +16,28 @@ use aws_sdk_dynamodb::Client;
 use tokenops::error::StoreError;
 use tokenops::store::{Cond, Item, Key, RequestCounts, Store, Write};
 
+/// Each request at trace level (`TOKENOPS_LOG=tokenops_aws::dynamodb=trace`): the operation and
+/// the kinds of the keys it touches (`RUN/RUN`, `OBJ/OBJ`, `LEDGER/E`…), never their ids.
+fn trace_request(op: &str, keys: &[&Key]) {
+    if tracing::enabled!(tracing::Level::TRACE) {
+        let kind = |s: &str| s.split('#').next().unwrap_or_default().to_string();
+        let keys: Vec<String> = keys
+            .iter()
+            .map(|k| format!("{}/{}", kind(&k.pk), kind(&k.sk)))
+            .collect();
+        tracing::trace!(op, keys = %keys.join(" "), "dynamodb request");
+    }
+}
+
+fn write_op(w: &Write) -> &'static str {
+    match w {
+        Write::Put { .. } => "PutItem",
+        Write::Update { .. } => "UpdateItem",
+        Write::Delete { .. } => "DeleteItem",
+        Write::Check { .. } => "ConditionCheck",
+    }
+}
+
 /// Attributes with a fixed meaning; every other `S` is an attr and every other `N` a number.
 pub const TABLE_ATTRIBUTES: [&str; 6] = ["pk", "sk", "kind", "owner", "doc", "ttl"];
 
@@ -449,6 +471,7 @@ impl DynamoStore {
         }
         let mut e = Expr::default();
         self.count(Sent::Write);
+        trace_request(write_op(&w), &[w.key()]);
         match w {
             Write::Put { item, conds } => {
                 let c = e.conds(&conds);
@@ -514,6 +537,10 @@ impl DynamoStore {
         let mut attempt = 0;
         loop {
             self.count(Sent::Transaction(items.len()));
+            trace_request(
+                "TransactWriteItems",
+                &writes.iter().map(Write::key).collect::<Vec<_>>(),
+            );
             let res = self
                 .client
                 .transact_write_items()
@@ -554,6 +581,7 @@ impl DynamoStore {
 impl Store for DynamoStore {
     async fn get(&self, key: &Key) -> Result<Option<Item>, StoreError> {
         self.count(Sent::Read);
+        trace_request("GetItem", &[key]);
         let out = self
             .client
             .get_item()
@@ -579,6 +607,7 @@ impl Store for DynamoStore {
         let mut start = None;
         loop {
             self.count(Sent::Read);
+            trace_request("Query", &[&Key::new(pk, sk_prefix)]);
             let q = self
                 .client
                 .query()

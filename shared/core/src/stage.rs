@@ -35,8 +35,31 @@ where
     F: Fn(RunRecord) -> Fut,
     Fut: std::future::Future<Output = Result<Step, TaskError>>,
 {
+    let rec = load(store, run_id).await?;
+    advance_from(store, rec, stage, to, build).await
+}
+
+/// [`advance`] from a run the task has read already (to decide something first): the first
+/// attempt uses it, since its version guards the write anyway; a lost lock reads it again.
+pub async fn advance_from<S, F, Fut>(
+    store: &S,
+    read: RunRecord,
+    stage: &'static str,
+    to: RunState,
+    build: F,
+) -> Result<TaskOutput, TaskError>
+where
+    S: Store,
+    F: Fn(RunRecord) -> Fut,
+    Fut: std::future::Future<Output = Result<Step, TaskError>>,
+{
+    let run_id = &read.payload.run_id.clone();
+    let mut first = Some(read);
     for _ in 0..5 {
-        let rec = load(store, run_id).await?;
+        let rec = match first.take() {
+            Some(rec) => rec,
+            None => load(store, run_id).await?,
+        };
         let state = rec.payload.state;
         match state.check(to) {
             Transition::AlreadyDone => {
