@@ -10,6 +10,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+
+/// The embedded default allocates per request on every side of loopback HTTP (client, engine,
+/// API); with glibc malloc that was a fifth of its CPU under load (perf, `make bench`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tokenops_local::orchestrator::Faults;
 use tokenops_local::runtime::{Options, Runtime};
 use tokenops_local::{bench, paid_run, reference, verify};
