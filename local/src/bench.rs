@@ -63,6 +63,9 @@ pub struct PerRun {
     pub dynamodb_transactions: f64,
     pub dynamodb_transaction_items: f64,
     pub dynamodb_requests: f64,
+    /// Capacity units by item size: what on-demand bills.
+    pub dynamodb_read_units: f64,
+    pub dynamodb_write_units: f64,
     pub sqs_requests: f64,
     pub state_transitions: f64,
     /// Execution time per run, rounded up to 100 ms per execution as Express bills it.
@@ -101,9 +104,8 @@ impl Cost {
             + m * r.workflow_billed_ms / 1000.0
                 * (p.step_functions_express_memory_mb / 1024.0)
                 * p.step_functions_express_per_gb_second;
-        let write_units = r.dynamodb_writes + 2.0 * r.dynamodb_transaction_items;
-        let dynamodb = write_units * p.dynamodb_on_demand_per_million_write_units
-            + r.dynamodb_reads * p.dynamodb_on_demand_per_million_read_units;
+        let dynamodb = r.dynamodb_write_units * p.dynamodb_on_demand_per_million_write_units
+            + r.dynamodb_read_units * p.dynamodb_on_demand_per_million_read_units;
         let sqs = r.sqs_requests * p.sqs_standard_per_million_requests;
         let http_api = r.http_api_requests * p.http_api_per_million_requests;
         let round = |x: f64| (x * 100.0).round() / 100.0;
@@ -278,6 +280,8 @@ fn per_run(
     // The agent's reads at the measured cost of one (reads only: a GET writes nothing).
     let agent_reads = agent_gets as f64 * per_get.reads as f64 / probes as f64;
     let reads = (d.reads as f64 - agent_reads).max(0.0);
+    let agent_read_units = agent_gets as f64 * per_get.read_units as f64 / probes as f64;
+    let read_units = (d.read_units as f64 - agent_read_units).max(0.0);
     let sqs = QueueOps {
         sends: after.queue.sends - before.queue.sends,
         receives: after.queue.receives - before.queue.receives,
@@ -294,6 +298,8 @@ fn per_run(
         dynamodb_transactions: r(d.transactions as f64),
         dynamodb_transaction_items: r(d.transaction_items as f64),
         dynamodb_requests: r(reads + d.writes as f64 + d.transactions as f64),
+        dynamodb_read_units: r(read_units),
+        dynamodb_write_units: r(d.write_units as f64),
         sqs_requests: r(sqs.total() as f64),
         state_transitions: r(transitions as f64),
         workflow_billed_ms: r((after.engine.billed_ms - before.engine.billed_ms) as f64),
@@ -315,11 +321,11 @@ impl BenchReport {
 /// The table `make bench` prints: one row per concurrency, then what the cost comes from.
 pub fn table(reports: &[BenchReport]) -> String {
     let mut out = String::from(
-        "| concurrency | runs/s | p50 ms | p99 ms | DynamoDB req/run (r/w/tx) | SQS req/run | transitions/run | Lambda inv/run | $ per 1 M runs |\n\
-         |---:|---:|---:|---:|---|---:|---:|---:|---:|\n",
+        "| concurrency | runs/s | p50 ms | p99 ms | DynamoDB req/run (r/w/tx) | DynamoDB units/run (read/write) | SQS req/run | transitions/run | Lambda inv/run | $ per 1 M runs |\n\
+         |---:|---:|---:|---:|---|---|---:|---:|---:|---:|\n",
     );
     for r in reports {
-        let (ddb, sqs, tr, inv) = match &r.per_run {
+        let (ddb, units, sqs, tr, inv) = match &r.per_run {
             Some(p) => (
                 format!(
                     "{} ({}/{}/{})",
@@ -328,18 +334,19 @@ pub fn table(reports: &[BenchReport]) -> String {
                     p.dynamodb_writes,
                     p.dynamodb_transactions
                 ),
+                format!("{}/{}", p.dynamodb_read_units, p.dynamodb_write_units),
                 p.sqs_requests.to_string(),
                 p.state_transitions.to_string(),
                 p.lambda_invocations.to_string(),
             ),
-            None => ("–".into(), "–".into(), "–".into(), "–".into()),
+            None => ("–".into(), "–".into(), "–".into(), "–".into(), "–".into()),
         };
         let cost = r
             .cost
             .as_ref()
             .map_or("–".to_string(), |c| format!("{:.2}", c.total));
         out.push_str(&format!(
-            "| {} | {:.1} | {} | {} | {ddb} | {sqs} | {tr} | {inv} | {cost} |\n",
+            "| {} | {:.1} | {} | {} | {ddb} | {units} | {sqs} | {tr} | {inv} | {cost} |\n",
             r.concurrency, r.runs_per_sec, r.p50_ms, r.p99_ms
         ));
     }
@@ -418,6 +425,8 @@ mod tests {
             dynamodb_reads: 1.0,
             dynamodb_writes: 1.0,
             dynamodb_transaction_items: 1.0,
+            dynamodb_read_units: 1.0,
+            dynamodb_write_units: 3.0,
             sqs_requests: 1.0,
             state_transitions: 1.0,
             workflow_billed_ms: 1000.0,
@@ -434,7 +443,7 @@ mod tests {
         assert_eq!(c.step_functions, 25.0, "$25 per million transitions");
         assert_eq!(c.sqs, 0.4);
         assert_eq!(c.http_api, 1.0);
-        // 1 write + 1 transaction item (2 units) = 3 write units, 1 read unit.
+        // 3 write units (1 write + 1 transaction item at 2), 1 read unit.
         assert_eq!(
             c.dynamodb,
             ((3.0 * 0.625 + 0.125) * 100.0_f64).round() / 100.0

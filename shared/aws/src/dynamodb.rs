@@ -38,6 +38,41 @@ fn write_op(w: &Write) -> &'static str {
     }
 }
 
+/// Write units of one item: one per KB, at least one.
+fn write_units(bytes: usize) -> u64 {
+    bytes.div_ceil(1024).max(1) as u64
+}
+
+/// An item's size as DynamoDB bills it: each attribute's name and value in bytes (a number is
+/// about one byte per two digits, plus one).
+fn item_size(m: &HashMap<String, AttributeValue>) -> usize {
+    m.iter()
+        .map(|(name, v)| {
+            name.len()
+                + match v {
+                    AttributeValue::S(s) => s.len(),
+                    AttributeValue::N(n) => n.trim_start_matches('-').len().div_ceil(2) + 1,
+                    _ => 1,
+                }
+        })
+        .sum()
+}
+
+/// The size of what one item of a transaction writes: the whole item for a put; for an update,
+/// its key and the values it sets (the run's update rewrites its doc, nearly all of the item;
+/// number deltas on an entitlement stay under one unit either way).
+fn transact_item_size(t: &TransactWriteItem) -> usize {
+    if let Some(p) = t.put() {
+        item_size(p.item())
+    } else if let Some(u) = t.update() {
+        item_size(u.key()) + u.expression_attribute_values().map_or(0, item_size)
+    } else if let Some(d) = t.delete() {
+        item_size(d.key())
+    } else {
+        t.condition_check().map_or(0, |c| item_size(c.key()))
+    }
+}
+
 /// Attributes with a fixed meaning; every other `S` is an attr and every other `N` a number.
 pub const TABLE_ATTRIBUTES: [&str; 6] = ["pk", "sk", "kind", "owner", "doc", "ttl"];
 
@@ -56,6 +91,8 @@ struct Counters {
     transactions: AtomicU64,
     transaction_items: AtomicU64,
     other: AtomicU64,
+    read_units: AtomicU64,
+    write_units: AtomicU64,
 }
 
 #[derive(Clone, Copy)]
@@ -159,6 +196,17 @@ impl DynamoStore {
                 .await;
         }
         Ok(())
+    }
+
+    fn read_units(&self, bytes: usize) {
+        let units = bytes.div_ceil(4096).max(1) as u64;
+        self.counters.read_units.fetch_add(units, Ordering::Relaxed);
+    }
+
+    fn write_units(&self, units: u64) {
+        self.counters
+            .write_units
+            .fetch_add(units, Ordering::Relaxed);
     }
 
     fn count(&self, sent: Sent) {
@@ -475,10 +523,12 @@ impl DynamoStore {
         match w {
             Write::Put { item, conds } => {
                 let c = e.conds(&conds);
+                let m = DynamoItem::from(&item).0;
+                self.write_units(write_units(item_size(&m)));
                 self.client
                     .put_item()
                     .table_name(&*self.table)
-                    .set_item(Some(DynamoItem::from(&item).0))
+                    .set_item(Some(m))
                     .set_condition_expression(c)
                     .set_expression_attribute_names(e.names())
                     .set_expression_attribute_values(e.values())
@@ -495,20 +545,25 @@ impl DynamoStore {
             } => {
                 let u = update_expr(&mut e, &add, &set_attrs, &set_doc);
                 let c = e.conds(&conds);
+                let (k, values) = (key_map(&key), e.values());
+                self.write_units(write_units(
+                    item_size(&k) + values.as_ref().map_or(0, item_size),
+                ));
                 self.client
                     .update_item()
                     .table_name(&*self.table)
-                    .set_key(Some(key_map(&key)))
+                    .set_key(Some(k))
                     .update_expression(u)
                     .set_condition_expression(c)
                     .set_expression_attribute_names(e.names())
-                    .set_expression_attribute_values(e.values())
+                    .set_expression_attribute_values(values)
                     .send()
                     .await
                     .map_err(sdk_err)?;
             }
             Write::Delete { key, conds } => {
                 let c = e.conds(&conds);
+                self.write_units(1);
                 self.client
                     .delete_item()
                     .table_name(&*self.table)
@@ -531,12 +586,18 @@ impl DynamoStore {
             .iter()
             .map(|w| self.transact_item(w))
             .collect::<Result<Vec<_>, _>>()?;
+        // Two units per KB of each item, whether it commits or is cancelled.
+        let units: u64 = items
+            .iter()
+            .map(|t| 2 * write_units(transact_item_size(t)))
+            .sum();
         // DynamoDB cancels a transaction that races another on the same item
         // (TransactionConflict); that is not a failed condition, so try again briefly.
         let mut backoff = std::time::Duration::from_millis(5);
         let mut attempt = 0;
         loop {
             self.count(Sent::Transaction(items.len()));
+            self.write_units(units);
             trace_request(
                 "TransactWriteItems",
                 &writes.iter().map(Write::key).collect::<Vec<_>>(),
@@ -591,6 +652,7 @@ impl Store for DynamoStore {
             .send()
             .await
             .map_err(sdk_err)?;
+        self.read_units(out.item.as_ref().map_or(0, item_size));
         out.item.map(|m| Item::try_from(DynamoItem(m))).transpose()
     }
 
@@ -626,6 +688,7 @@ impl Store for DynamoStore {
                     .expression_attribute_values(":sk", AttributeValue::S(sk_prefix.to_string()))
             };
             let out = q.send().await.map_err(sdk_err)?;
+            self.read_units(out.items().iter().map(item_size).sum());
             for m in out.items.unwrap_or_default() {
                 items.push(Item::try_from(DynamoItem(m))?);
             }
@@ -660,6 +723,8 @@ impl Store for DynamoStore {
             transactions: n(&c.transactions),
             transaction_items: n(&c.transaction_items),
             other: n(&c.other),
+            read_units: n(&c.read_units),
+            write_units: n(&c.write_units),
         }
     }
 }

@@ -51,8 +51,8 @@ pub trait Store: Send + Sync + Clone + 'static {
 }
 
 /// Requests a store has sent, by what DynamoDB bills them as: `GetItem`/`Query` (reads), single
-/// `PutItem`/`UpdateItem`/`DeleteItem` (writes), `TransactWriteItems` (each of its items costs two
-/// write units), and table administration.
+/// `PutItem`/`UpdateItem`/`DeleteItem` (writes), `TransactWriteItems`, and table administration;
+/// and the capacity units they consume by item size (on-demand is billed in these).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RequestCounts {
     pub reads: u64,
@@ -60,6 +60,10 @@ pub struct RequestCounts {
     pub transactions: u64,
     pub transaction_items: u64,
     pub other: u64,
+    /// Strongly consistent reads: one unit per 4 KB read (at least one per request).
+    pub read_units: u64,
+    /// One unit per KB written, per item; twice that inside a transaction.
+    pub write_units: u64,
 }
 
 impl RequestCounts {
@@ -74,6 +78,8 @@ impl RequestCounts {
             transactions: self.transactions - earlier.transactions,
             transaction_items: self.transaction_items - earlier.transaction_items,
             other: self.other - earlier.other,
+            read_units: self.read_units - earlier.read_units,
+            write_units: self.write_units - earlier.write_units,
         }
     }
 }
