@@ -282,11 +282,7 @@ fn per_run(
     let reads = (d.reads as f64 - agent_reads).max(0.0);
     let agent_read_units = agent_gets as f64 * per_get.read_units as f64 / probes as f64;
     let read_units = (d.read_units as f64 - agent_read_units).max(0.0);
-    let sqs = QueueOps {
-        sends: after.queue.sends - before.queue.sends,
-        receives: after.queue.receives - before.queue.receives,
-        deletes: after.queue.deletes - before.queue.deletes,
-    };
+    let sqs = after.queue.since(&before.queue);
     let transitions = after.engine.transitions - before.engine.transitions;
     let tasks = after.engine.tasks - before.engine.tasks;
     // Lambda: the API request (POST /runs), each queue batch, each Task state.

@@ -198,12 +198,12 @@ impl DynamoStore {
         Ok(())
     }
 
-    fn read_units(&self, bytes: usize) {
+    fn add_read_units(&self, bytes: usize) {
         let units = bytes.div_ceil(4096).max(1) as u64;
         self.counters.read_units.fetch_add(units, Ordering::Relaxed);
     }
 
-    fn write_units(&self, units: u64) {
+    fn add_write_units(&self, units: u64) {
         self.counters
             .write_units
             .fetch_add(units, Ordering::Relaxed);
@@ -524,7 +524,7 @@ impl DynamoStore {
             Write::Put { item, conds } => {
                 let c = e.conds(&conds);
                 let m = DynamoItem::from(&item).0;
-                self.write_units(write_units(item_size(&m)));
+                self.add_write_units(write_units(item_size(&m)));
                 self.client
                     .put_item()
                     .table_name(&*self.table)
@@ -546,7 +546,7 @@ impl DynamoStore {
                 let u = update_expr(&mut e, &add, &set_attrs, &set_doc);
                 let c = e.conds(&conds);
                 let (k, values) = (key_map(&key), e.values());
-                self.write_units(write_units(
+                self.add_write_units(write_units(
                     item_size(&k) + values.as_ref().map_or(0, item_size),
                 ));
                 self.client
@@ -563,7 +563,7 @@ impl DynamoStore {
             }
             Write::Delete { key, conds } => {
                 let c = e.conds(&conds);
-                self.write_units(1);
+                self.add_write_units(1);
                 self.client
                     .delete_item()
                     .table_name(&*self.table)
@@ -597,7 +597,7 @@ impl DynamoStore {
         let mut attempt = 0;
         loop {
             self.count(Sent::Transaction(items.len()));
-            self.write_units(units);
+            self.add_write_units(units);
             trace_request(
                 "TransactWriteItems",
                 &writes.iter().map(Write::key).collect::<Vec<_>>(),
@@ -652,7 +652,7 @@ impl Store for DynamoStore {
             .send()
             .await
             .map_err(sdk_err)?;
-        self.read_units(out.item.as_ref().map_or(0, item_size));
+        self.add_read_units(out.item.as_ref().map_or(0, item_size));
         out.item.map(|m| Item::try_from(DynamoItem(m))).transpose()
     }
 
@@ -688,7 +688,7 @@ impl Store for DynamoStore {
                     .expression_attribute_values(":sk", AttributeValue::S(sk_prefix.to_string()))
             };
             let out = q.send().await.map_err(sdk_err)?;
-            self.read_units(out.items().iter().map(item_size).sum());
+            self.add_read_units(out.items().iter().map(item_size).sum());
             for m in out.items.unwrap_or_default() {
                 items.push(Item::try_from(DynamoItem(m))?);
             }

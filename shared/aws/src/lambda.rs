@@ -43,6 +43,11 @@ fn env(name: &'static str) -> Result<String, ConfigError> {
     std::env::var(name).map_err(|_| ConfigError::Missing(name))
 }
 
+/// An optional setting: unset and blank are the same (the template passes empty parameters).
+fn env_set(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
 /// The AWS SDK configuration, built once per cold start from what Lambda hands every function:
 /// the region (`AWS_REGION`), the execution role's credentials (`AWS_ACCESS_KEY_ID`,
 /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`) and, for emulators, `AWS_ENDPOINT_URL`. Each
@@ -64,10 +69,7 @@ pub fn sdk() -> Result<&'static SdkConfig, ConfigError> {
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(region))
         .credentials_provider(SharedCredentialsProvider::new(credentials));
-    if let Some(url) = std::env::var("AWS_ENDPOINT_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-    {
+    if let Some(url) = env_set("AWS_ENDPOINT_URL") {
         builder = builder.endpoint_url(url);
     }
     Ok(SDK.get_or_init(|| builder.build()))
@@ -75,7 +77,7 @@ pub fn sdk() -> Result<&'static SdkConfig, ConfigError> {
 
 /// The SQS run queue from `QUEUE_URL` (and `DLQ_URL` for the monitor's dead-letter depth).
 pub fn sqs_queue_from_env() -> Result<crate::sqs::SqsQueue, ConfigError> {
-    let dlq = std::env::var("DLQ_URL").ok().filter(|u| !u.is_empty());
+    let dlq = env_set("DLQ_URL");
     Ok(crate::sqs::SqsQueue::new(
         aws_sdk_sqs::Client::new(sdk()?),
         &env("QUEUE_URL")?,
@@ -97,8 +99,7 @@ pub fn key_from_b64(name: &'static str, raw: &str) -> Result<AttestationKey, Con
 /// The attestation signer from exactly one of [`SIGNER_KMS_KEY`] (AWS: `GetPublicKey` now, `Sign`
 /// per attestation) or [`SIGNER_LOCAL_SEED`] (a local key).
 pub async fn signer_from_env() -> Result<Arc<dyn Signer>, ConfigError> {
-    let set = |name| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-    match (set(SIGNER_KMS_KEY), set(SIGNER_LOCAL_SEED)) {
+    match (env_set(SIGNER_KMS_KEY), env_set(SIGNER_LOCAL_SEED)) {
         (Some(key), None) => Ok(Arc::new(
             KmsSigner::connect(aws_sdk_kms::Client::new(sdk()?), key.trim()).await?,
         )),
@@ -128,10 +129,7 @@ async fn ctx_with(signer: Option<Arc<dyn Signer>>) -> Result<Ctx<DynamoStore>, C
     // `AWS_ENDPOINT_URL_DYNAMODB` (the SDKs' per-service endpoint setting) before the global one:
     // the emulator sends DynamoDB straight to its upstream, one hop fewer per request.
     let mut ddb = aws_sdk_dynamodb::config::Builder::from(sdk()?);
-    if let Some(url) = std::env::var("AWS_ENDPOINT_URL_DYNAMODB")
-        .ok()
-        .filter(|u| !u.is_empty())
-    {
+    if let Some(url) = env_set("AWS_ENDPOINT_URL_DYNAMODB") {
         ddb = ddb.endpoint_url(url);
     }
     let store = DynamoStore::new(

@@ -39,6 +39,14 @@ impl QueueOps {
     pub fn total(&self) -> u64 {
         self.sends + self.receives + self.deletes
     }
+    /// What was sent between `earlier` and `self`.
+    pub fn since(&self, earlier: &QueueOps) -> QueueOps {
+        QueueOps {
+            sends: self.sends - earlier.sends,
+            receives: self.receives - earlier.receives,
+            deletes: self.deletes - earlier.deletes,
+        }
+    }
 }
 
 fn now_ms() -> i64 {
