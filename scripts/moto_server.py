@@ -1,4 +1,5 @@
-"""moto server (the emulator plane's upstream) with two fixes to its DynamoDB, for moto 5.2.5.
+"""moto server (the emulator plane's upstream) with two fixes to its DynamoDB and one to its Step
+Functions engine, for moto 5.2.5.
 
 Usage: python scripts/moto_server.py [moto_server arguments]   (e.g. -H 127.0.0.1 -p 5000)
 
@@ -14,7 +15,12 @@ Usage: python scripts/moto_server.py [moto_server arguments]   (e.g. -H 127.0.0.
    fills the table). Here the transaction's own items are saved instead and put back if it is
    cancelled, which is the same rollback.
 
-Both are patches to moto's internals of the pinned version (scripts/requirements.txt): the script
+3. A Lambda task reuses its Lambda client. moto's Step Functions engine builds a new boto3 client
+   (about 10 ms of Python) and a new connection for every Lambda task it runs: 70 ms of each
+   TokenOps run's seven tasks. One client per region is kept instead (boto3 clients are
+   thread-safe), so its connections are reused too.
+
+All are patches to moto's internals of the pinned version (scripts/requirements.txt): the script
 refuses to start on another version rather than patch what it has not been checked against.
 """
 
@@ -30,6 +36,7 @@ from moto.dynamodb.models.dynamo_type import DynamoType
 from moto.dynamodb.models.table import Table
 from moto.dynamodb.responses import DynamoHandler
 from moto.server import main
+from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
 
 CHECKED_VERSION = "5.2.5"
 
@@ -106,6 +113,21 @@ def _item_level_transactions(original):
     return transact_write_items
 
 
+def _reused_clients(original):
+    clients = {}
+    lock = threading.Lock()
+
+    def boto_client_for(region, service, state_credentials=None):
+        # moto ignores state_credentials (every client uses its fixed test keys).
+        with lock:
+            client = clients.get((region, service))
+            if client is None:
+                client = clients[(region, service)] = original(region, service)
+        return client
+
+    return boto_client_for
+
+
 def patch():
     if moto.__version__ != CHECKED_VERSION:
         sys.exit(
@@ -117,6 +139,7 @@ def patch():
     DynamoDBBackend.transact_write_items = _item_level_transactions(
         DynamoDBBackend.transact_write_items
     )
+    lambda_eval_utils.boto_client_for = _reused_clients(lambda_eval_utils.boto_client_for)
 
 
 if __name__ == "__main__":

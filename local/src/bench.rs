@@ -10,9 +10,11 @@
 //! - The bench agent's own reads are not the loop's cost: it waits for the callback (no polling
 //!   while the run goes), then reads the run until it is attested; those reads are counted and
 //!   subtracted at the cost of one `GET /runs/{id}`, measured at the end of each level.
-//! - SQS requests (send, non-empty receive, delete), Step Functions state transitions, Lambda
-//!   invocations (the API request, the queue consumer's batches, each Task state), HTTP API
-//!   requests.
+//! - SQS requests (send, non-empty receive, delete), the run path's executions (priced as the
+//!   deployed Express workflow: a request and its duration, rounded up to 100 ms; its state
+//!   transitions are counted too, to price the Standard shape beside it), Lambda invocations (the
+//!   API request, the queue function once per message, each Task state) and the queue function's
+//!   wait on each synchronous execution, HTTP API requests.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -76,30 +78,35 @@ pub struct PerRun {
     pub agent_reads: f64,
 }
 
-/// Dollars per 1 M runs, by service.
+/// Dollars per 1 M runs, by service, for the deployed shape: the run path as an Express
+/// workflow that the queue function runs synchronously.
 #[derive(Serialize, Debug, Clone, Default, PartialEq)]
 pub struct Cost {
+    /// Requests and GB-seconds: the handlers, and the queue function waiting on each execution.
     pub lambda: f64,
+    /// Express: a request per run and its duration at the minimum 64 MB.
     pub step_functions: f64,
     pub dynamodb: f64,
     pub sqs: f64,
     pub http_api: f64,
     pub total: f64,
-    /// The alternative shape: the same workflow as Step Functions Express (one request per run
-    /// plus its duration at the minimum 64 MB), and the total with it instead of Standard.
-    pub step_functions_express: f64,
-    pub total_with_express: f64,
+    /// The same workflow as Step Functions Standard (per state transition, no consumer wait),
+    /// and the total with it: why the path is Express.
+    pub step_functions_standard: f64,
+    pub total_with_standard: f64,
 }
 
 impl Cost {
     pub fn per_million_runs(r: &PerRun, p: &Prices) -> Cost {
         let m = 1_000_000.0;
-        let gb_s = r.lambda_invocations * p.lambda_billed_ms_per_invocation / 1000.0
-            * (p.lambda_memory_mb / 1024.0);
+        let gb = p.lambda_memory_mb / 1024.0;
+        let gb_s = r.lambda_invocations * p.lambda_billed_ms_per_invocation / 1000.0 * gb;
         let lambda = m
             * (r.lambda_invocations * p.lambda_per_million_requests / m
                 + gb_s * p.lambda_arm64_per_gb_second);
-        let step_functions = m * r.state_transitions * p.step_functions_standard_per_transition;
+        // The queue function is billed while StartSyncExecution waits.
+        let wait = m * r.workflow_billed_ms / 1000.0 * gb * p.lambda_arm64_per_gb_second;
+        let standard = m * r.state_transitions * p.step_functions_standard_per_transition;
         let express = p.step_functions_express_per_million_requests
             + m * r.workflow_billed_ms / 1000.0
                 * (p.step_functions_express_memory_mb / 1024.0)
@@ -110,14 +117,14 @@ impl Cost {
         let http_api = r.http_api_requests * p.http_api_per_million_requests;
         let round = |x: f64| (x * 100.0).round() / 100.0;
         Cost {
-            lambda: round(lambda),
-            step_functions: round(step_functions),
+            lambda: round(lambda + wait),
+            step_functions: round(express),
             dynamodb: round(dynamodb),
             sqs: round(sqs),
             http_api: round(http_api),
-            total: round(lambda + step_functions + dynamodb + sqs + http_api),
-            step_functions_express: round(express),
-            total_with_express: round(lambda + express + dynamodb + sqs + http_api),
+            total: round(lambda + wait + express + dynamodb + sqs + http_api),
+            step_functions_standard: round(standard),
+            total_with_standard: round(lambda + standard + dynamodb + sqs + http_api),
         }
     }
 }
@@ -285,8 +292,9 @@ fn per_run(
     let sqs = after.queue.since(&before.queue);
     let transitions = after.engine.transitions - before.engine.transitions;
     let tasks = after.engine.tasks - before.engine.tasks;
-    // Lambda: the API request (POST /runs), each queue batch, each Task state.
-    let invocations = runs as u64 + sqs.receives + tasks;
+    // Lambda: the API request (POST /runs), the queue function (one message per invocation, as
+    // deployed: `BatchSize: 1`), each Task state.
+    let invocations = 2 * runs as u64 + tasks;
     let r = |x: f64| (x / n * 10.0).round() / 10.0;
     PerRun {
         dynamodb_reads: r(reads),
@@ -348,16 +356,16 @@ pub fn table(reports: &[BenchReport]) -> String {
     }
     if let (Some(c), Ok(p)) = (reports.last().and_then(|r| r.cost.as_ref()), Prices::list()) {
         out.push_str(&format!(
-            "\n$ per 1 M runs at {} list prices of {} (infra/aws-prices.json): Lambda {:.2}, Step Functions {:.2}, DynamoDB {:.2}, SQS {:.2}, HTTP API {:.2} = {:.2}\n",
+            "\n$ per 1 M runs at {} list prices of {} (infra/aws-prices.json): Lambda {:.2}, Step Functions Express {:.2}, DynamoDB {:.2}, SQS {:.2}, HTTP API {:.2} = {:.2}\n",
             p.region, p.as_of, c.lambda, c.step_functions, c.dynamodb, c.sqs, c.http_api, c.total
         ));
-        let billed = reports
+        let (billed, transitions) = reports
             .last()
             .and_then(|r| r.per_run.as_ref())
-            .map_or(0.0, |r| r.workflow_billed_ms);
+            .map_or((0.0, 0.0), |r| (r.workflow_billed_ms, r.state_transitions));
         out.push_str(&format!(
-            "The same workflow as Step Functions Express (1 request + {billed} ms billed at {} MB per run): {:.2} instead of {:.2}, total {:.2}\n",
-            p.step_functions_express_memory_mb, c.step_functions_express, c.step_functions, c.total_with_express
+            "Express: 1 request + {billed} ms billed per run at {} MB (the queue function waits as long, at {} MB). As Step Functions Standard ({transitions} transitions per run) the path would cost {:.2} instead of {:.2}: total {:.2}\n",
+            p.step_functions_express_memory_mb, p.lambda_memory_mb, c.step_functions_standard, c.step_functions, c.total_with_standard
         ));
     }
     out
@@ -433,10 +441,13 @@ mod tests {
         let c = Cost::per_million_runs(&one_of_each, &p);
         // Express: $1 per million requests + 1 s at 64 MB (1/16 GB-s) per run.
         assert_eq!(
-            c.step_functions_express,
+            c.step_functions,
             ((1.0 + 1e6 / 16.0 * 0.00001667) * 100.0_f64).round() / 100.0
         );
-        assert_eq!(c.step_functions, 25.0, "$25 per million transitions");
+        assert_eq!(
+            c.step_functions_standard, 25.0,
+            "$25 per million transitions"
+        );
         assert_eq!(c.sqs, 0.4);
         assert_eq!(c.http_api, 1.0);
         // 3 write units (1 write + 1 transaction item at 2), 1 read unit.
@@ -444,11 +455,14 @@ mod tests {
             c.dynamodb,
             ((3.0 * 0.625 + 0.125) * 100.0_f64).round() / 100.0
         );
-        assert!(c.lambda > 0.2, "requests + GB-s: {c:?}");
+        // 1 request, 30 ms of a handler and 1 s of the consumer's wait, at 256 MB.
         assert_eq!(
-            c.total,
-            ((c.lambda + c.step_functions + c.dynamodb + c.sqs + c.http_api) * 100.0).round()
-                / 100.0
+            c.lambda,
+            ((0.2 + 1.03 * 0.25 * 0.0000133334 * 1e6) * 100.0_f64).round() / 100.0,
+            "{c:?}"
         );
+        // The total adds the unrounded parts: within a cent per part of their rounded sum.
+        let parts = c.lambda + c.step_functions + c.dynamodb + c.sqs + c.http_api;
+        assert!((c.total - parts).abs() <= 0.03, "{c:?}");
     }
 }

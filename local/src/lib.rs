@@ -6,6 +6,7 @@ pub mod agent;
 pub mod asl;
 pub mod bench;
 pub mod emulator;
+pub mod mcp;
 pub mod orchestrator;
 pub mod paid_run;
 pub mod reference;

@@ -67,6 +67,15 @@ enum Cmd {
         #[arg(long, default_value = "http://127.0.0.1:8787")]
         api: String,
     },
+    /// TokenOps as MCP tools over stdio, for desktop LLM agents: every tool calls the API at
+    /// --api. The access key: --key (or TOKENOPS_ACCESS_KEY), or the one `claim_credentials`
+    /// returns when the agent onboards through the tools.
+    Mcp {
+        #[arg(long, default_value = "http://127.0.0.1:8787")]
+        api: String,
+        #[arg(long, env = "TOKENOPS_ACCESS_KEY", hide_env_values = true)]
+        key: Option<String>,
+    },
     /// Verify an attestation or a ledger export offline.
     Verify {
         #[command(subcommand)]
@@ -104,10 +113,6 @@ enum Cmd {
         /// rate(…) expression, e.g. a fast relay in tests.
         #[arg(long)]
         schedule_interval: Option<f64>,
-        /// How often Step Functions is polled for stopped executions, whose status-change events
-        /// the emulator delivers to the template's EventBridge rules (milliseconds).
-        #[arg(long, default_value_t = 500)]
-        execution_poll_ms: u64,
         /// NAME=VALUE: a template parameter (e.g. X402FacilitatorUrl=http://127.0.0.1:4021) or
         /// an environment variable of every function; repeatable.
         #[arg(long = "set", value_parser = parse_set)]
@@ -337,6 +342,17 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Cmd::Mcp { api, key } => {
+            // stdout carries the protocol: logs go to stderr, warnings only by default.
+            init_logs("warn");
+            match tokenops_local::mcp::serve_stdio(&api, key).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("mcp: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Verify { what } => {
             let result = match what {
                 VerifyCmd::Attestation { file, keys } => verify::attestation(&file, &keys).map(|st| serde_json::json!({"valid": true, "subjects": st.subject, "predicateType": st.predicate_type})),
@@ -371,7 +387,6 @@ async fn main() -> ExitCode {
             visibility_timeout,
             info_file,
             schedule_interval,
-            execution_poll_ms,
             set,
         } => {
             init_logs("info");
@@ -392,7 +407,6 @@ async fn main() -> ExitCode {
                     }
                     s => s.map(std::time::Duration::from_secs_f64),
                 },
-                execution_poll: std::time::Duration::from_millis(execution_poll_ms.max(50)),
             };
             let emu = match tokenops_local::emulator::Emulator::start(opts).await {
                 Ok(e) => e,

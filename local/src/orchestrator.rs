@@ -123,7 +123,7 @@ pub struct LocalOrchestrator {
 }
 
 /// Resumes of one paused execution before the relay gives up on it (each resume has the whole
-/// transient budget of its own: about 5 minutes on average).
+/// transient budget of its own: about 1.5 minutes on average).
 const MAX_RESUMES: u32 = 10;
 
 fn exec_key(name: &str) -> Key {
@@ -320,7 +320,7 @@ impl LocalOrchestrator {
                     }
                     match outcome {
                         Ok(Some(failed)) => {
-                            // What EventBridge does in AWS: the failure handler, at once.
+                            // What the queue function does in AWS on a failed sync execution.
                             if let Err(e) =
                                 queue::failure::handle(&tasks.ctx, &tasks.sender, &failed).await
                             {

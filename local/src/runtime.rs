@@ -303,6 +303,7 @@ impl Runtime {
             ctx.clone(),
             queue.clone(),
             orchestrator.clone(),
+            sender.clone(),
             stop_rx.clone(),
         );
         spawn_relay(
@@ -346,6 +347,7 @@ fn spawn_queue_consumer(
     ctx: LocalCtx,
     queue: LocalQueue,
     orch: LocalOrchestrator,
+    sender: HttpSender,
     mut stop: watch::Receiver<bool>,
 ) {
     use tokenops::ports::RunQueue;
@@ -356,7 +358,7 @@ fn spawn_queue_consumer(
             }
             match queue.receive(10).await {
                 Ok(batch) if !batch.is_empty() => {
-                    queue::process_batch(&ctx, &queue, &orch, batch).await;
+                    queue::process_batch(&ctx, &queue, &orch, &sender, batch).await;
                     continue;
                 }
                 Ok(_) => {}

@@ -1,9 +1,12 @@
 //! The local HTTP API: every request goes to the stage function that serves its route, exactly
-//! as API Gateway routes to the Lambda functions.
+//! as API Gateway routes to the Lambda functions; `/mcp` serves the MCP tools
+//! ([`mcp_service`]: stateless streamable HTTP; the tools call the handlers in process with the
+//! request's bearer key).
 
 use axum::body::{to_bytes, Body};
 use axum::extract::{Request, State};
 use axum::response::Response;
+use mcp::api::{Api, Reply, Request as ToolRequest, Unreachable};
 use tokenops::error::ApiError;
 use tokenops::http::{match_route, ApiRequest, ApiResponse, MAX_BODY_BYTES};
 use tokenops::ports::HttpSender;
@@ -82,6 +85,7 @@ async fn handler(State(app): State<App>, req: Request) -> Response {
 
 pub fn spawn(listener: TcpListener, app: App, mut stop: watch::Receiver<bool>) {
     let router = axum::Router::new()
+        .nest_service("/mcp", mcp_service(app.clone()))
         .fallback(handler)
         .with_state(app)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES + 1));
@@ -93,4 +97,61 @@ pub fn spawn(listener: TcpListener, app: App, mut stop: watch::Receiver<bool>) {
             })
             .await;
     });
+}
+
+/// The API as the local server's own handlers: a tool call is dispatched like an HTTP request.
+#[derive(Clone)]
+pub struct InProcessApi {
+    app: App,
+}
+
+impl Api for InProcessApi {
+    async fn send(&self, req: &ToolRequest, key: Option<&str>) -> Result<Reply, Unreachable> {
+        let unreachable = |reason: String| Unreachable {
+            base: "the local server".into(),
+            reason,
+        };
+        let mut b = axum::http::Request::builder()
+            .method(req.method)
+            .uri(&req.path);
+        if let Some(k) = key {
+            b = b.header("authorization", format!("Bearer {k}"));
+        }
+        if let Some(k) = &req.idempotency_key {
+            b = b.header("idempotency-key", k);
+        }
+        let body = match &req.body {
+            Some(v) => {
+                b = b.header("content-type", "application/json");
+                v.to_string().into_bytes()
+            }
+            None => Vec::new(),
+        };
+        let (parts, ()) = b
+            .body(())
+            .map_err(|e| unreachable(e.to_string()))?
+            .into_parts();
+        let api = tokenops::http::ApiRequest {
+            source_ip: Some("127.0.0.1".into()),
+            ..tokenops::http::ApiRequest::from_http(&parts, body)
+        };
+        let resp = dispatch(&self.app, api).await;
+        let body = if resp.body.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&resp.body).map_err(|e| unreachable(e.to_string()))?
+        };
+        Ok(Reply {
+            status: resp.status,
+            payment_required: resp.header("payment-required").map(str::to_string),
+            body,
+        })
+    }
+}
+
+/// `/mcp`: the tools over stateless streamable HTTP, calling the handlers in process; loopback
+/// hosts only (the server listens on 127.0.0.1).
+fn mcp_service(app: App) -> mcp::http::Service<InProcessApi> {
+    let hosts = ["127.0.0.1", "localhost", "::1"].map(String::from).to_vec();
+    mcp::http::service(InProcessApi { app }, hosts)
 }

@@ -138,6 +138,8 @@ const NEEDS: &[(&str, &[(&str, &str)])] = &[
             ("PutItem", "the attestation + run save (put_if on version)"),
         ],
     ),
+    // The MCP tools call the API over HTTPS with the caller's key: no table access at all.
+    ("mcp", &[]),
 ];
 
 fn template() -> Value {

@@ -595,7 +595,7 @@ async fn local_engine_and_moto_run_the_state_machine_alike() {
     );
 }
 
-/// The deployed retriers wait minutes (15 retries, delays up to 60 s: `tokenops::backoff`); the
+/// The deployed retriers wait minutes (10 retries, delays up to 30 s: `tokenops::backoff`); the
 /// test runs the same definition with a budget of 3 retries of at most 1 s each, so attempt counts
 /// are the same on both engines and a case takes seconds. Everything else is the file as deployed.
 fn test_budget(asl: &str) -> String {

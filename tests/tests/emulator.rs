@@ -1,8 +1,9 @@
 //! The loop through the deployed shape on an emulator: HTTP API → API functions → SQS → queue
 //! function → Step Functions (moto's engine executing infra/statemachine.asl.json) → every task
 //! function binary → callback received and verified. Also the failure path as deployed: a stage
-//! failing for good → the EventBridge status-change rule (played by the emulator) → the failure
-//! handler; `POST /runs/{id}/redrive` → `RedriveExecution` (emulated); the relay schedule. `make test` starts moto and
+//! failing for good → the queue function's synchronous Express execution ends FAILED → the
+//! failure handler; `POST /runs/{id}/redrive` → the path started again; the relay schedule.
+//! `make test` starts moto and
 //! `tokenops emulator` and names the emulator's AWS endpoint in `TOKENOPS_EMULATOR`; run alone
 //! without it, these tests say so and pass (CI sets `TOKENOPS_REQUIRE_EMULATOR`, which makes a
 //! missing emulator a failure).
@@ -52,18 +53,23 @@ async fn clear_faults(info: &Value) -> u64 {
     v["cleared"].as_u64().unwrap()
 }
 
-async fn fired_faults(info: &Value) -> Vec<Value> {
+/// `GET` of the emulator's control API (`/_emulator/...`).
+async fn control(info: &Value, path: &str) -> Value {
     let endpoint = info["endpoint_url"].as_str().unwrap();
-    let v: Value = serde_json::from_slice(
-        &reqwest::get(format!("{endpoint}/_emulator/faults"))
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
-    v["fired"].as_array().unwrap().clone()
+    let body = reqwest::get(format!("{endpoint}{path}"))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    serde_json::from_slice(&body).unwrap()
+}
+
+async fn fired_faults(info: &Value) -> Vec<Value> {
+    control(info, "/_emulator/faults").await["fired"]
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 async fn add_fault(info: &Value, fault: Value) {
@@ -142,6 +148,19 @@ async fn duplicated_messages_and_retried_tasks_have_one_effect() {
         .await
         .expect("run delivered despite the retried task");
     assert_eq!(done["next_action"], "ready_for_downstream_agent");
+    // The queue function runs the path synchronously, so the run is delivered inside the first
+    // delivery; wait for the second copy of the batch, and for it to run the path again.
+    let mut duplicated = 0;
+    for _ in 0..300 {
+        let state = control(&info, "/_emulator/duplicate-sqs").await;
+        duplicated = state["duplicated_batches"].as_u64().unwrap() - duplicated_before;
+        if duplicated >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(duplicated >= 1, "the run's message was delivered twice");
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let balances = agent
         .ok("GET", &format!("/credit-entitlements/{ent_id}"), None)
         .await
@@ -152,29 +171,21 @@ async fn duplicated_messages_and_retried_tasks_have_one_effect() {
         json!({"funded": 3, "available": 2, "held": 0, "captured": 1, "released": 0}),
         "one capture despite the retry"
     );
-    let duplicated = duplicate_sqs(&info, false).await - duplicated_before;
-    assert!(duplicated >= 1, "the run's message was delivered twice");
+    duplicate_sqs(&info, false).await;
     assert_eq!(receiver.verified_for(&run_id).len(), 1, "one callback");
     let ledger = agent.ok("GET", "/ledger/verify", None).await.unwrap();
     assert_eq!(ledger["valid"], true);
     // Each fault really fired, on this run.
-    let endpoint = info["endpoint_url"].as_str().unwrap();
-    let faults: Value = serde_json::from_slice(
-        &reqwest::get(format!("{endpoint}/_emulator/faults"))
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let faults = control(&info, "/_emulator/faults").await;
     for function in ["usage_receipt", "callback", "queue"] {
         assert!(
             faults["fired"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .any(|f| f["function"].as_str().unwrap().ends_with(function)
+                .any(|f| f["function"]
+                    .as_str()
+                    .is_some_and(|n| n.ends_with(function))
                     && f["payload"].as_str().unwrap().contains(&run_id)),
             "fault on {function} did not fire for {run_id}: {faults}"
         );
@@ -244,12 +255,13 @@ fn balances(ent: &Value) -> (i64, i64, i64, i64) {
     )
 }
 
-/// tests/tests/failure.rs's scenario on the deployed shape: moto runs the execution, the stage
-/// fails for good (a non-retried error on every invocation, until cleared), moto marks the
-/// execution FAILED, the emulator's EventBridge delivers the status change to the queue
-/// function's rule → the failure handler. The redrive goes through the queue as deployed and
-/// ends in the emulated `RedriveExecution` (every stage again from the start, see
-/// local/src/emulator/sfn.rs): the stages that had succeeded answer without a second effect.
+/// tests/tests/failure.rs's scenario on the deployed shape: the queue function runs the Express
+/// execution synchronously (`StartSyncExecution`, played by the emulator over moto), the stage
+/// fails for good (a non-retried error on every invocation, until cleared), the execution ends
+/// FAILED and the queue function hands it to the failure handler. The redrive goes through the
+/// queue as deployed and starts the path again: the stages that had succeeded answer without a
+/// second effect. A further execution of the delivered run (what a redelivered message does)
+/// changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stage_failing_for_good_fails_the_run_and_a_redrive_delivers_it_once() {
     let _serial = SERIAL.lock().await;
@@ -261,13 +273,21 @@ async fn a_stage_failing_for_good_fails_the_run_and_a_redrive_delivers_it_once()
     clear_faults(&info).await;
     let api = info["api_url"].as_str().unwrap();
     let endpoint = info["endpoint_url"].as_str().unwrap();
-    assert!(
-        info["event_rules"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|r| r["function"].as_str().unwrap().ends_with("-queue")),
-        "the emulator plays the queue function's EventBridge rule: {info}"
+    let sm = info["resources"]["RunPathStateMachine"]["arn"]
+        .as_str()
+        .expect("the emulator created RunPathStateMachine")
+        .to_string();
+    let sfn = tokenops_local::emulator::sfn_client(endpoint);
+    let described = sfn
+        .describe_state_machine()
+        .state_machine_arn(&sm)
+        .send()
+        .await
+        .expect("DescribeStateMachine");
+    assert_eq!(
+        described.r#type().as_str(),
+        "EXPRESS",
+        "the template's run path"
     );
     let receiver = Receiver::default();
     let cb = receiver.start().await.unwrap();
@@ -296,7 +316,7 @@ async fn a_stage_failing_for_good_fails_the_run_and_a_redrive_delivers_it_once()
             r["state"] == "failed" && r["failure"]["callback_status"] == "delivered"
         })
         .await
-        .expect("the run becomes failed (EventBridge → failure handler) and the agent is told");
+        .expect("the run becomes failed (sync execution → failure handler) and the agent is told");
     assert_eq!(failed["next_action"], "redrive_run");
     let failure = &failed["failure"];
     assert_eq!(failure["stage"], "settlement_receipt");
@@ -304,11 +324,11 @@ async fn a_stage_failing_for_good_fails_the_run_and_a_redrive_delivers_it_once()
     assert_eq!(
         failure["execution"],
         run.as_str(),
-        "the event named the execution"
+        "the queue function named the execution"
     );
     assert_eq!(
         failure["error"], "Internal",
-        "moto's error, carried by the event"
+        "the task's error, carried by StartSyncExecution's answer"
     );
     assert_eq!(failure["hold_released"], true);
     assert_eq!(failure["ledgered"], true);
@@ -349,8 +369,7 @@ async fn a_stage_failing_for_good_fails_the_run_and_a_redrive_delivers_it_once()
     assert!(
         fired.iter().any(|f| f["function"]
             .as_str()
-            .unwrap()
-            .ends_with("settlement_receipt")
+            .is_some_and(|n| n.ends_with("settlement_receipt"))
             && f["payload"].as_str().unwrap().contains(&run)),
         "{fired:?}"
     );
@@ -391,45 +410,34 @@ async fn a_stage_failing_for_good_fails_the_run_and_a_redrive_delivers_it_once()
         (5, 4, 0, 1),
         "captured once: {ent_after}"
     );
-    let completed = receiver
-        .verified_for(&run)
-        .into_iter()
-        .filter(|c| c["event_type"] == "tokenops.run.completed")
-        .count();
-    assert_eq!(completed, 1, "one run.completed callback");
+    let completed = |receiver: &Receiver| {
+        receiver
+            .verified_for(&run)
+            .into_iter()
+            .filter(|c| c["event_type"] == "tokenops.run.completed")
+            .count()
+    };
+    assert_eq!(completed(&receiver), 1, "one run.completed callback");
     let verify = agent.ok("GET", "/ledger/verify", None).await.unwrap();
     assert_eq!(verify["valid"], true, "{verify}");
-    // Step Functions as a client sees it: one execution, redriven once, succeeded; a second
-    // redrive is refused as AWS refuses it.
-    let sm = info["resources"]["RunPathStateMachine"]["arn"]
-        .as_str()
-        .expect("the emulator created RunPathStateMachine");
-    let exec_arn = format!("{}:{run}", sm.replacen(":stateMachine:", ":execution:", 1));
-    let sfn = tokenops_local::emulator::sfn_client(endpoint);
-    let d = sfn
-        .describe_execution()
-        .execution_arn(&exec_arn)
+    // The delivered run's path once more, as a redelivered message would start it: every stage
+    // answers what it made, nothing moves.
+    let again = sfn
+        .start_sync_execution()
+        .state_machine_arn(&sm)
+        .name(&run)
+        .input(json!({ "run_id": run }).to_string())
         .send()
         .await
-        .expect("DescribeExecution of the redriven execution");
-    assert_eq!(d.status().as_str(), "SUCCEEDED");
-    assert_eq!(d.redrive_count(), Some(1));
-    assert_eq!(d.execution_arn(), exec_arn);
-    let refused = sfn
-        .redrive_execution()
-        .execution_arn(&exec_arn)
-        .send()
+        .expect("StartSyncExecution through the emulator");
+    assert_eq!(again.status().as_str(), "SUCCEEDED", "{again:?}");
+    assert!(again.execution_arn().contains(":express:"), "{again:?}");
+    let ent_end = agent
+        .ok("GET", &format!("/credit-entitlements/{ent_id}"), None)
         .await
-        .expect_err("a succeeded execution is not redrivable");
-    use aws_sdk_sfn::error::ProvideErrorMetadata;
-    assert_eq!(refused.code(), Some("ExecutionNotRedrivable"));
-    let missing = sfn
-        .redrive_execution()
-        .execution_arn(format!("{exec_arn}-none"))
-        .send()
-        .await
-        .expect_err("no such execution");
-    assert_eq!(missing.code(), Some("ExecutionDoesNotExist"));
+        .unwrap();
+    assert_eq!(balances(&ent_end), (5, 4, 0, 1), "still captured once");
+    assert_eq!(completed(&receiver), 1, "still one run.completed callback");
 }
 
 /// The relay schedule (played by the emulator: a `Scheduled Event` every `--schedule-interval`)

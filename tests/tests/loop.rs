@@ -137,10 +137,12 @@ async fn every_function_handles_its_event_fixture() {
     assert_eq!(r.json_body()["state"], "callback_delivered");
 
     // The SQS consumer: a redelivered message for a dispatched run starts nothing new.
+    let sender =
+        tokenops::ports::HttpSender::new(Duration::from_secs(5)).expect("callback HTTP client");
     for d in tokenops_aws::lambda::sqs_deliveries(&fixture("queue", &vars)) {
         let d = d.expect("fixture body is a run message");
         assert_eq!(
-            queue::dispatch(&rt.ctx, &rt.orchestrator, &d)
+            queue::dispatch(&rt.ctx, &rt.orchestrator, &sender, &d)
                 .await
                 .unwrap(),
             run_id
@@ -156,8 +158,6 @@ async fn every_function_handles_its_event_fixture() {
 
     // Step Functions tasks: a redelivered task is a no-op returning the object it made.
     let ctx = &rt.ctx;
-    let sender =
-        tokenops::ports::HttpSender::new(Duration::from_secs(5)).expect("callback HTTP client");
     let before = tokenops_local::agent::Agent::ok(
         &f.agent,
         "GET",
@@ -187,7 +187,8 @@ async fn every_function_handles_its_event_fixture() {
         }
         .unwrap_or_else(|e| panic!("{stage}: {e}"));
         // Everything the state machine's ResultSelector selects is there, so an execution that
-        // runs the path again (the emulator's RedriveExecution) passes the stages already done.
+        // runs the path again (a redelivered message or a redrive on Express) passes the stages
+        // already done.
         if stage == "tokenops_execution" {
             assert_eq!(out.evidence_status.as_deref(), Some("sufficient"));
         }

@@ -58,6 +58,7 @@ contract!(
     create_happens_once,
     every_condition_on_every_write,
     updates_add_deltas_and_set_attributes,
+    large_docs_round_trip_through_every_write,
     transactions_are_all_or_nothing,
     a_lone_check_agrees_with_a_transactional_one,
     query_lists_a_partition_by_prefix_in_order,
@@ -187,6 +188,54 @@ async fn apply(store: &DynamoStore, mode: Mode, w: Write) -> Result<(), StoreErr
 }
 
 // ---- conditions, updates, transactions ------------------------------------------------------
+
+/// A doc of a few KB (the adapter stores it deflated) comes back as it went in, through a put, a
+/// transaction, an update that grows it and one that shrinks it below the deflate threshold.
+async fn large_docs_round_trip_through_every_write(store: DynamoStore) {
+    let large = |n: usize| {
+        json!({"objects": (0..n).map(|i| json!({
+            "id": format!("obj_{i:04}"),
+            "url": format!("https://api.example.com/results/obj_{i:04}"),
+            "sha256": format!("{i:064x}"),
+        })).collect::<Vec<_>>()})
+    };
+    let k = Key::object("run_large");
+    let mut expected = seed(&k);
+    expected.doc = large(20);
+    assert!(
+        expected.doc.to_string().len() > 2 * 1024,
+        "well over the deflate threshold"
+    );
+    put(&store, &expected).await;
+    assert_eq!(get(&store, &k).await.as_ref(), Some(&expected));
+    let other = Key::object("run_large_2");
+    let mut second = seed(&other);
+    second.doc = large(40);
+    apply(&store, Mode::InTransaction, Write::put(second.clone()))
+        .await
+        .unwrap();
+    assert_eq!(get(&store, &other).await.as_ref(), Some(&second));
+    for doc in [large(30), json!({"small": true}), large(25)] {
+        store
+            .transact(vec![Write::Update {
+                key: k.clone(),
+                add: vec![],
+                set_attrs: vec![],
+                set_doc: Some(doc.clone()),
+                conds: vec![Cond::NumEq(s("version"), 3)],
+            }])
+            .await
+            .unwrap();
+        expected.doc = doc;
+        assert_eq!(
+            get(&store, &k).await.as_ref(),
+            Some(&expected),
+            "the last doc set, whatever form the previous one had"
+        );
+    }
+    let listed = store.query("OBJ#run_large", "OBJ", None).await.unwrap();
+    assert!(listed.iter().any(|i| i.doc == expected.doc), "{listed:?}");
+}
 
 async fn create_happens_once(store: DynamoStore) {
     let k = Key::object("cred_1");

@@ -5,9 +5,10 @@
 //! `tokenops.run.failed` callback. The attestation is not issued. `POST /runs/{id}/redrive`
 //! resumes the run from the stage that failed.
 //!
-//! Invoked by EventBridge in AWS (a rule on the state machine's FAILED, TIMED_OUT and ABORTED
-//! executions) and by the local orchestrator; both may deliver an event twice, and the relay
-//! finishes what a crash cut short (the `FAILING` index), so every step is idempotent.
+//! Called by the queue function when the Express execution it ran synchronously ended FAILED or
+//! TIMED_OUT (in AWS), and by the local orchestrator; either may call it twice for one failure,
+//! and the relay finishes what a crash cut short (the `FAILING` index), so every step is
+//! idempotent.
 
 use tokenops::api::{load_run, object_item};
 use tokenops::callback::{agent_secret, deliver, failure_record};

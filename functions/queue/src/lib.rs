@@ -1,7 +1,10 @@
 //! Stage 7 — queue. Consumes run messages (SQS in AWS, the table-backed queue locally), marks the
 //! run `dispatched` with a queue-state object, and starts the orchestrated path with an execution
-//! **named by the run** (replays: `<run>-replay-<n>`), so a redelivered message can never start a
-//! second execution. Also `GET /queue`, the monitor with the consumer's heartbeat.
+//! **named by the run** (replays: `<run>-replay-<n>`). In AWS the path is an Express workflow
+//! started synchronously: the consumer waits for its end and hands a failed one to the failure
+//! handler; a redelivered message may run the path again, which its idempotent stages make a
+//! no-op. Locally the engine refuses a second execution of a name and runs the failure handler
+//! itself. Also `GET /queue`, the monitor with the consumer's heartbeat.
 
 use serde_json::json;
 use tokenops::api::{object_item, serve};
@@ -9,10 +12,11 @@ use tokenops::config::Ctx;
 use tokenops::error::{ApiError, TaskError};
 use tokenops::http::{ApiRequest, ApiResponse, Op};
 use tokenops::ids::{now_rfc3339, run_object_id};
+use tokenops::model::FailedExecution;
 use tokenops::model::{
     QueueHeartbeat, QueueMonitor, QueueService, QueueState, RunMessage, RunsWaiting,
 };
-use tokenops::ports::{Delivery, Orchestrator, Redriven, RunQueue};
+use tokenops::ports::{CallbackSender, Delivery, Ended, Orchestrator, Redriven, RunQueue, Started};
 use tokenops::proof::jcs;
 use tokenops::run_state::{RunState, Transition};
 use tokenops::stage::{advance_from, load, Step};
@@ -86,9 +90,10 @@ pub async fn handle<S: Store, Q: RunQueue>(
 
 /// Handles one message. `Ok` means the message may be deleted (done, or nothing to do);
 /// `Err` leaves it for redelivery (and, after enough receives, the dead-letter queue).
-pub async fn dispatch<S: Store, O: Orchestrator>(
+pub async fn dispatch<S: Store, O: Orchestrator, C: CallbackSender>(
     ctx: &Ctx<S>,
     orch: &O,
+    sender: &C,
     d: &Delivery,
 ) -> Result<String, TaskError> {
     let msg: &RunMessage = &d.body;
@@ -97,7 +102,7 @@ pub async fn dispatch<S: Store, O: Orchestrator>(
     })?;
     let name = msg.execution_name();
     if msg.redrive > 0 {
-        return redrive(ctx, orch, msg, &run_id, name).await;
+        return redrive(ctx, orch, sender, msg, &run_id, name).await;
     }
     if msg.replay == 0 {
         let rec = load(&ctx.store, &run_id).await?;
@@ -166,19 +171,46 @@ pub async fn dispatch<S: Store, O: Orchestrator>(
             return Ok("dropped".into());
         }
     }
-    orch.start(&name, json!({ "run_id": run_id })).await?;
+    let started = orch.start(&name, json!({ "run_id": run_id })).await?;
     if msg.replay > 0 {
         clear_pending(ctx, msg).await?;
     }
+    on_started(ctx, sender, &name, started).await?;
     Ok(name)
+}
+
+/// An execution that ended before `start` returned (Express) and failed goes to the failure
+/// handler, recorded first in the `FAILING` outbox: if the handler does not finish (an outage),
+/// the relay does, and the message is still done.
+async fn on_started<S: Store, C: CallbackSender>(
+    ctx: &Ctx<S>,
+    sender: &C,
+    name: &str,
+    started: Started,
+) -> Result<(), TaskError> {
+    let Started::Ended(Ended::Failed { error, cause }) = started else {
+        return Ok(());
+    };
+    let f = FailedExecution {
+        execution: name.to_string(),
+        error,
+        cause,
+    };
+    tracing::warn!(execution = %f.execution, error = %f.error, "execution failed; failure handler");
+    ctx.store.transact(vec![failure::failing_write(&f)]).await?;
+    if let Err(e) = failure::handle(ctx, sender, &f).await {
+        tracing::warn!(execution = %f.execution, error = %e, "failure handling interrupted; the relay finishes it");
+    }
+    Ok(())
 }
 
 /// A redrive message (written by `POST /runs/{id}/redrive` with the run put back in the state it
 /// failed from): resume the failed execution. Stale messages (the run failed again, or went on)
 /// are dropped; a run that failed before its execution existed gets it started.
-async fn redrive<S: Store, O: Orchestrator>(
+async fn redrive<S: Store, O: Orchestrator, C: CallbackSender>(
     ctx: &Ctx<S>,
     orch: &O,
+    sender: &C,
     msg: &RunMessage,
     run_id: &str,
     name: String,
@@ -201,8 +233,11 @@ async fn redrive<S: Store, O: Orchestrator>(
         Redriven::NotFailed => {
             tracing::info!(run_id, execution = %name, "execution not failed; redrive was a duplicate")
         }
-        Redriven::NotFound => {
-            orch.start(&name, json!({ "run_id": run_id })).await?;
+        Redriven::NotFound | Redriven::StartAgain => {
+            let started = orch.start(&name, json!({ "run_id": run_id })).await?;
+            clear_pending(ctx, msg).await?;
+            on_started(ctx, sender, &name, started).await?;
+            return Ok(name);
         }
     }
     clear_pending(ctx, msg).await?;
@@ -219,17 +254,20 @@ async fn clear_pending<S: Store>(ctx: &Ctx<S>, msg: &RunMessage) -> Result<(), T
 /// Handles a batch (SQS event records, or what the local queue delivered) and writes the consumer
 /// heartbeat. Returns the message ids that failed: SQS redelivers them (partial batch response);
 /// records that are not run messages arrive as `Err(message_id)` and fail too, so after
-/// `maxReceiveCount` receives they land in the dead-letter queue.
-pub async fn consume<S: Store, O: Orchestrator>(
+/// `maxReceiveCount` receives they land in the dead-letter queue. One message at a time: in AWS
+/// each waits on its whole execution, so the event source hands the function one message per
+/// invocation (`BatchSize: 1`) and Lambda runs as many at once as there are messages.
+pub async fn consume<S: Store, O: Orchestrator, C: CallbackSender>(
     ctx: &Ctx<S>,
     orch: &O,
+    sender: &C,
     batch: &[Result<Delivery, String>],
 ) -> Vec<String> {
     let mut failed = Vec::new();
     for d in batch {
         match d {
             Ok(d) => {
-                if let Err(e) = dispatch(ctx, orch, d).await {
+                if let Err(e) = dispatch(ctx, orch, sender, d).await {
                     tracing::warn!(message_id = %d.message_id, receive_count = d.receive_count, error = %e, "dispatch failed; left for redelivery");
                     failed.push(d.message_id.clone());
                 }
@@ -256,14 +294,15 @@ pub async fn consume<S: Store, O: Orchestrator>(
 }
 
 /// The local consumer: [`consume`], then delete what succeeded (Lambda does this for SQS).
-pub async fn process_batch<S: Store, Q: RunQueue, O: Orchestrator>(
+pub async fn process_batch<S: Store, Q: RunQueue, O: Orchestrator, C: CallbackSender>(
     ctx: &Ctx<S>,
     queue: &Q,
     orch: &O,
+    sender: &C,
     batch: Vec<Delivery>,
 ) -> Vec<String> {
     let records: Vec<Result<Delivery, String>> = batch.into_iter().map(Ok).collect();
-    let failed = consume(ctx, orch, &records).await;
+    let failed = consume(ctx, orch, sender, &records).await;
     for d in records.iter().flatten() {
         if failed.contains(&d.message_id) {
             continue;

@@ -1,7 +1,7 @@
 //! Wiring only. One function supervises the run path: the SQS consumer (partial batch responses:
-//! Lambda deletes what succeeded), `GET /queue`, the EventBridge rule on failed, timed-out and
-//! aborted executions (the failure handler), and the relay schedule (which also reconciles x402
-//! settlements whose outcome was unknown).
+//! Lambda deletes what succeeded; it runs each message's Express execution synchronously and
+//! hands a failed one to the failure handler), `GET /queue`, the operator's redrive, and the
+//! relay schedule (which also reconciles x402 settlements whose outcome was unknown).
 
 use lambda_runtime::{run, service_fn, Diagnostic, Error, LambdaEvent};
 use serde_json::{json, Value};
@@ -24,12 +24,6 @@ async fn main() -> Result<(), Error> {
             return Ok::<_, Diagnostic>(lambda::response_to_apigw_v2(
                 &queue::handle(ctx, monitor, lambda::request_from_apigw_v2(&ev)).await,
             ));
-        }
-        if let Some(failed) = lambda::failed_execution(&ev) {
-            let outcome = queue::failure::handle(ctx, sender, &failed)
-                .await
-                .map_err(lambda::diagnostic)?;
-            return Ok(json!({"outcome": format!("{outcome:?}")}));
         }
         // An operator's direct invocation (IAM is the authentication): `{"tokenops_redrive": RUN}`.
         if let Some(run_id) = ev.get("tokenops_redrive").and_then(Value::as_str) {
@@ -55,7 +49,7 @@ async fn main() -> Result<(), Error> {
             };
             return Ok(json!({"relay": report, "x402": x402}));
         }
-        let failures = queue::consume(ctx, orch, &lambda::sqs_deliveries(&ev)).await;
+        let failures = queue::consume(ctx, orch, sender, &lambda::sqs_deliveries(&ev)).await;
         let items: Vec<Value> = failures
             .iter()
             .map(|id| json!({"itemIdentifier": id}))

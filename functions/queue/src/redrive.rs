@@ -5,8 +5,9 @@
 //! In one transaction, with the idempotency record: a released hold is taken again (refused
 //! with 409 `insufficient-credits` if the credits went elsewhere), the run goes back to the state
 //! it failed from, the ticket is marked redriven, and a redrive message enters the pending
-//! outbox. The queue stage then redrives the execution (Step Functions `RedriveExecution`; the
-//! local engine's equivalent), so no stage that already succeeded runs again.
+//! outbox. The queue stage then resumes the path: the local engine from the failed state; in AWS
+//! a new Express execution (Express has no redrive), whose stages that already succeeded answer
+//! their objects without a second effect.
 
 use tokenops::api::{commit, load_run, Commit, Idem};
 use tokenops::config::Ctx;

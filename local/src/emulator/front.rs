@@ -11,8 +11,7 @@
 //! * `POST /_emulator/duplicate-sqs {"enabled": bool}` — deliver every SQS batch twice;
 //!   `GET` reports the switch and how many batches were delivered twice.
 //!
-//! Step Functions `RedriveExecution`, which moto lacks, is answered here ([`super::sfn`]), and
-//! so is `DescribeExecution` of a redriven execution.
+//! Step Functions `StartSyncExecution`, which moto lacks, is answered here ([`super::sfn`]).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -273,10 +272,8 @@ pub struct Front {
     pub duplicate_sqs: Arc<std::sync::atomic::AtomicBool>,
     /// SQS batches delivered a second time (tests assert duplication really happened).
     pub duplicated_batches: Arc<std::sync::atomic::AtomicU64>,
-    /// Step Functions on the upstream (what [`super::sfn`] and [`super::events`] call).
+    /// Step Functions on the upstream (what [`super::sfn`] calls).
     pub sfn: aws_sdk_sfn::Client,
-    /// Redriven executions and their attempts ([`super::sfn`]).
-    pub lineages: super::sfn::Lineages,
     /// Time spent per AWS action and per function invoke (`GET /_emulator/stats`).
     pub timings: Timings,
 }
@@ -430,16 +427,11 @@ pub async fn handle(State(front): State<Front>, req: Request) -> Response {
             );
         }
     }
-    match target {
-        "AWSStepFunctions.RedriveExecution" => {
-            return super::sfn::redrive_execution(&front, &body).await
-        }
-        "AWSStepFunctions.DescribeExecution" => {
-            if let Some(r) = super::sfn::describe_execution(&front, &body).await {
-                return r;
-            }
-        }
-        _ => {}
+    if target == "AWSStepFunctions.StartSyncExecution" {
+        let started = std::time::Instant::now();
+        let r = super::sfn::start_sync_execution(&front, &body).await;
+        front.timings.record(target, started.elapsed());
+        return r;
     }
     match (parts.method.as_str(), path) {
         ("GET", "/_emulator/info") => {
@@ -599,7 +591,6 @@ mod tests {
             duplicate_sqs: Arc::default(),
             duplicated_batches: Arc::default(),
             sfn: crate::emulator::sfn_client("http://127.0.0.1:9"),
-            lineages: Default::default(),
             timings: Timings::default(),
         }
     }

@@ -11,9 +11,9 @@
 //! routes reach the API functions as API Gateway v2 events ([`apigw`]); an SQS event-source
 //! mapping with `ReportBatchItemFailures` feeds the queue function ([`poll_queue`]).
 //!
-//! What moto (5.2.5) lacks and the emulator plays instead: EventBridge rules on Step Functions
-//! status changes and `Schedule` events ([`events`]), and Step Functions `RedriveExecution`
-//! ([`sfn`], emulated by a new execution with the same input — read its notes).
+//! What moto (5.2.5) lacks and the emulator plays instead: EventBridge `Schedule` events
+//! ([`events`]), and Step Functions `StartSyncExecution` for the Express run path ([`sfn`]: an
+//! execution in moto, awaited — read its notes).
 //!
 //! Signing: moto's KMS has no Ed25519 (`ECC_NIST_EDWARDS25519`) keys, so the function the
 //! template gives a KMS key (`ATTESTATION_KMS_KEY_ID`) gets a local key instead: a random seed
@@ -80,8 +80,6 @@ pub struct EmulatorOptions {
     pub env: BTreeMap<String, String>,
     /// Every `Schedule` event fires at this period instead of its `rate(…)` (tests: seconds).
     pub schedule_interval: Option<Duration>,
-    /// How often Step Functions is polled for stopped executions (status-change events).
-    pub execution_poll: Duration,
 }
 
 pub struct Emulator {
@@ -123,13 +121,12 @@ pub fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
 
 pub fn sfn_client(endpoint: &str) -> aws_sdk_sfn::Client {
     use aws_sdk_sfn::config::{BehaviorVersion, Credentials, Region};
-    aws_sdk_sfn::Client::from_conf(
+    tokenops_aws::sfn::client(
         aws_sdk_sfn::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(REGION))
             .endpoint_url(endpoint)
-            .credentials_provider(Credentials::new("test", "test", None, None, "emulator"))
-            .build(),
+            .credentials_provider(Credentials::new("test", "test", None, None, "emulator")),
     )
 }
 
@@ -239,6 +236,7 @@ impl Emulator {
                 .create_state_machine()
                 .name(&sm.name)
                 .definition(&definition)
+                .r#type(aws_sdk_sfn::types::StateMachineType::from(sm.kind.as_str()))
                 .role_arn(format!("arn:aws:iam::{ACCOUNT}:role/{}-states", opts.stack))
                 .send()
                 .await;
@@ -361,22 +359,13 @@ impl Emulator {
                 })
             })
             .collect();
-        // EventBridge: rules on Step Functions status changes, and schedules.
-        let mut rules = Vec::new();
+        // EventBridge: schedules. The run path is an Express workflow, which emits no
+        // status-change events, so no rule of the template listens for events the emulator
+        // could make; one that does is named, not silently dropped.
         let mut schedules = Vec::new();
         for f in &t.functions {
             for r in &f.event_rules {
-                let name = format!("{}.{}", f.logical_id, r.event);
-                let pattern = resolver.resolve_pattern(&r.pattern, &name)?;
-                if !events::wants_status_changes(&pattern) {
-                    tracing::warn!(rule = %name, "the emulator emits only Step Functions status changes; this rule never fires");
-                    continue;
-                }
-                rules.push(events::Rule {
-                    name,
-                    function: f.name.clone(),
-                    pattern,
-                });
+                tracing::warn!(rule = %format!("{}.{r}", f.logical_id), "the emulator plays EventBridge schedules only; this rule never fires");
             }
             for s in &f.schedules {
                 let period = match (opts.schedule_interval, template::rate_period(&s.expression)) {
@@ -396,13 +385,6 @@ impl Emulator {
                 ));
             }
         }
-        let state_machine_arns: Vec<String> = physical
-            .values()
-            .filter_map(|p| match p {
-                Physical::StateMachine { arn, .. } => Some(arn.clone()),
-                _ => None,
-            })
-            .collect();
         let physical_json: BTreeMap<String, Value> = physical
             .iter()
             .map(|(k, p)| {
@@ -431,9 +413,7 @@ impl Emulator {
             "resources": physical_json,
             "functions": functions.names(),
             "routes": routes.len(),
-            "event_rules": rules.iter().map(|r| json!({"rule": r.name, "function": r.function, "pattern": r.pattern})).collect::<Vec<_>>(),
             "schedules": schedules.iter().map(|(f, rule, p)| json!({"rule": rule, "function": f, "period_seconds": p.as_secs_f64()})).collect::<Vec<_>>(),
-            "execution_poll_ms": opts.execution_poll.as_millis() as u64,
         });
         let front = Front {
             functions,
@@ -444,7 +424,6 @@ impl Emulator {
             duplicate_sqs: Arc::new(AtomicBool::new(false)),
             duplicated_batches: Arc::default(),
             sfn: sfn.clone(),
-            lineages: sfn::Lineages::default(),
             timings: front::Timings::default(),
         };
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
@@ -466,30 +445,25 @@ impl Emulator {
                 }),
             stop_rx.clone(),
         );
-        // SQS event-source mappings.
+        // SQS event-source mappings: Lambda starts with five pollers, each invoking the function
+        // with its own batch, so five batches are in flight at once (AWS adds more with the
+        // backlog; the emulator keeps five).
         for f in &t.functions {
             if let Some((queue_id, batch)) = &f.sqs_source {
                 if let Some(Physical::Queue { url, arn, .. }) = physical.get(queue_id) {
-                    tokio::spawn(poll_queue(
-                        front.clone(),
-                        sqs.clone(),
-                        url.clone(),
-                        arn.clone(),
-                        f.name.clone(),
-                        *batch,
-                        stop_rx.clone(),
-                    ));
+                    for _ in 0..SQS_POLLERS {
+                        tokio::spawn(poll_queue(
+                            front.clone(),
+                            sqs.clone(),
+                            url.clone(),
+                            arn.clone(),
+                            f.name.clone(),
+                            *batch,
+                            stop_rx.clone(),
+                        ));
+                    }
                 }
             }
-        }
-        if !rules.is_empty() {
-            tokio::spawn(events::watch_executions(
-                front.clone(),
-                state_machine_arns,
-                rules,
-                opts.execution_poll,
-                stop_rx.clone(),
-            ));
         }
         for (function, rule_arn, period) in schedules {
             tokio::spawn(events::run_schedule(
@@ -546,6 +520,9 @@ async fn create_table(
         .await
         .map_err(|e| format!("CreateTable {}: {e}", t.name))
 }
+
+/// Concurrent pollers per SQS event-source mapping (Lambda's initial five).
+const SQS_POLLERS: usize = 5;
 
 /// Lambda's SQS event-source mapping: receive a batch, invoke the function with an SQS event,
 /// delete what did not fail (`ReportBatchItemFailures`); a function error fails the whole batch.

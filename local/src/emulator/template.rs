@@ -49,6 +49,8 @@ pub struct StateMachineSpec {
     pub definition_path: PathBuf,
     /// `${Name}` → function logical id (from `!GetAtt Fn.Arn`)
     pub substitutions: BTreeMap<String, String>,
+    /// `STANDARD` or `EXPRESS`.
+    pub kind: String,
 }
 
 #[derive(Clone, Debug)]
@@ -64,17 +66,10 @@ pub struct FunctionSpec {
     pub routes: Vec<(String, String)>,
     /// SQS event source: (queue logical id, batch size).
     pub sqs_source: Option<(String, i32)>,
-    /// `EventBridgeRule` events: the rule's event pattern, unresolved (it may hold intrinsics).
-    pub event_rules: Vec<EventRuleSpec>,
+    /// `EventBridgeRule` events, by name: the emulator does not play them (it says so).
+    pub event_rules: Vec<String>,
     /// `Schedule` events.
     pub schedules: Vec<ScheduleSpec>,
-}
-
-#[derive(Clone, Debug)]
-pub struct EventRuleSpec {
-    /// The event's name under the function's `Events`.
-    pub event: String,
-    pub pattern: Value,
 }
 
 #[derive(Clone, Debug)]
@@ -286,6 +281,7 @@ impl Template {
                         name: str_of(get(&props, "Name")).unwrap_or(physical),
                         definition_path: dir.join(uri),
                         substitutions,
+                        kind: str_of(get(&props, "Type")).unwrap_or_else(|| "STANDARD".into()),
                         logical_id: id,
                     });
                 }
@@ -347,17 +343,7 @@ impl Template {
                                         get(&p, "BatchSize").and_then(Value::as_i64).unwrap_or(10);
                                     sqs_source = Some((q, batch as i32));
                                 }
-                                Some("EventBridgeRule") => {
-                                    let pattern = get(&p, "Pattern").cloned().ok_or_else(|| {
-                                        TemplateError::Shape(format!(
-                                            "{id}.{name}: EventBridgeRule needs a Pattern"
-                                        ))
-                                    })?;
-                                    event_rules.push(EventRuleSpec {
-                                        event: name,
-                                        pattern,
-                                    });
-                                }
+                                Some("EventBridgeRule") => event_rules.push(name),
                                 Some("Schedule") => {
                                     let expression =
                                         str_of(get(&p, "Schedule")).ok_or_else(|| {
@@ -468,62 +454,6 @@ impl Resolver<'_> {
         Ok(v)
     }
 
-    /// An EventBridge event pattern with its intrinsics resolved, as JSON. Only what the
-    /// emulator's matcher understands is accepted: objects whose leaves are arrays of exact
-    /// values (strings, numbers, booleans, null). A content filter (`{"prefix": …}` and the like
-    /// inside an array) is an error naming the rule, not a rule that silently never fires.
-    pub fn resolve_pattern(
-        &self,
-        v: &Value,
-        what: &str,
-    ) -> Result<serde_json::Value, TemplateError> {
-        let shape = |reason: String| TemplateError::Unresolved {
-            what: what.into(),
-            reason,
-        };
-        match v {
-            Value::Mapping(m) => {
-                let mut out = serde_json::Map::new();
-                for (k, v) in m {
-                    let k = k
-                        .as_str()
-                        .ok_or_else(|| shape("a pattern key is not a string".into()))?;
-                    let inner = self.resolve_pattern(v, &format!("{what}.{k}"))?;
-                    if inner.is_object() || inner.is_array() {
-                        out.insert(k.to_string(), inner);
-                    } else {
-                        return Err(shape(format!(
-                            "{k}: a pattern field must be an object or an array of values"
-                        )));
-                    }
-                }
-                Ok(serde_json::Value::Object(out))
-            }
-            Value::Sequence(items) => {
-                let mut out = vec![];
-                for item in items {
-                    out.push(match item {
-                        Value::Null => serde_json::Value::Null,
-                        Value::Bool(b) => serde_json::Value::Bool(*b),
-                        Value::Number(n) => serde_json::to_value(n)
-                            .map_err(|e| shape(format!("number {n}: {e}")))?,
-                        Value::String(s) => serde_json::Value::String(s.clone()),
-                        Value::Tagged(_) => serde_json::Value::String(self.resolve(item, what)?),
-                        Value::Mapping(_) | Value::Sequence(_) => {
-                            return Err(shape(
-                                "content filters (prefix, anything-but, numeric, exists…) are not \
-                                 supported by the emulator's EventBridge"
-                                    .into(),
-                            ))
-                        }
-                    });
-                }
-                Ok(serde_json::Value::Array(out))
-            }
-            _ => Err(shape("a pattern must be an object of arrays".into())),
-        }
-    }
-
     /// A value (scalar or intrinsic) as a string; `what` names it in errors.
     pub fn resolve(&self, v: &Value, what: &str) -> Result<String, TemplateError> {
         if let Some(s) = str_of(Some(v)) {
@@ -592,8 +522,12 @@ mod tests {
         let mut binaries: Vec<&str> = t.functions.iter().map(|f| f.binary.as_str()).collect();
         binaries.sort_unstable();
         let mut path: Vec<&str> = tokenops::model::PATH.to_vec();
+        path.push("mcp");
         path.sort_unstable();
-        assert_eq!(binaries, path, "one function per stage of the seed's path");
+        assert_eq!(
+            binaries, path,
+            "one function per stage of the seed's path, and the MCP door"
+        );
         assert_eq!(t.tables.len(), 1);
         assert_eq!(
             (
@@ -628,11 +562,19 @@ mod tests {
                 f.logical_id
             );
         }
+        // And the MCP function serves its own routes.
+        let mcp_fn = t.functions.iter().find(|f| f.binary == "mcp").unwrap();
+        for (m, p) in mcp::http::ROUTES {
+            assert!(
+                mcp_fn.routes.iter().any(|r| r.0 == m && r.1 == p),
+                "{m} {p}"
+            );
+        }
         let routes: usize = t.functions.iter().map(|f| f.routes.len()).sum();
         assert_eq!(
             routes,
-            tokenops::http::ROUTES.len(),
-            "no route outside ROUTES"
+            tokenops::http::ROUTES.len() + mcp::http::ROUTES.len(),
+            "no route outside ROUTES and the MCP routes"
         );
         // The state machine's substitutions name functions of the template.
         let sm = &t.state_machines[0];
@@ -677,7 +619,8 @@ mod tests {
 
     /// The HttpApi declares its integrations itself (an OpenAPI body, to avoid a dependency
     /// cycle). API Gateway routes by that body, the emulator by the functions' events: both must
-    /// send every route of ROUTES to the function of its stage, and nothing else.
+    /// send every route of ROUTES to the function of its stage, the MCP routes to the MCP
+    /// function, and nothing else.
     #[test]
     fn the_api_body_integrates_every_route_with_its_stage_function() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/template.yaml");
@@ -713,6 +656,11 @@ mod tests {
                     r.stage.to_string(),
                 )
             })
+            .chain(
+                mcp::http::ROUTES
+                    .iter()
+                    .map(|(m, p)| (m.to_string(), p.to_string(), "mcp".to_string())),
+            )
             .collect();
         body.sort();
         want.sort();

@@ -43,6 +43,12 @@ fn env(name: &'static str) -> Result<String, ConfigError> {
     std::env::var(name).map_err(|_| ConfigError::Missing(name))
 }
 
+/// The API's public URL (`PUBLIC_BASE_URL`): what links in objects point at, and where the MCP
+/// function sends the tools' calls.
+pub fn public_base_url() -> Result<String, ConfigError> {
+    env("PUBLIC_BASE_URL")
+}
+
 /// An optional setting: unset and blank are the same (the template passes empty parameters).
 fn env_set(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
@@ -281,7 +287,7 @@ pub fn diagnostic(e: TaskError) -> lambda_runtime::Diagnostic {
 /// The Step Functions orchestrator from `STATE_MACHINE_ARN`.
 pub fn step_functions_from_env() -> Result<StepFunctions, ConfigError> {
     Ok(StepFunctions::new(
-        aws_sdk_sfn::Client::new(sdk()?),
+        crate::sfn::client(aws_sdk_sfn::config::Builder::from(sdk()?)),
         &env("STATE_MACHINE_ARN")?,
     ))
 }
@@ -302,32 +308,6 @@ pub fn test_provider<S>(ctx: &Ctx<S>) -> tokenops::provider::TestProvider {
         std::time::Duration::ZERO,
     )
     .confirm_inline()
-}
-
-/// An EventBridge "Step Functions Execution Status Change" event for a FAILED, TIMED_OUT or
-/// ABORTED execution → what the failure handler needs. The event carries the execution's error
-/// and cause (`detail.error`, `detail.cause`); a timeout or abort has none, so its status names it.
-pub fn failed_execution(ev: &Value) -> Option<tokenops::model::FailedExecution> {
-    if ev.get("detail-type").and_then(Value::as_str)
-        != Some("Step Functions Execution Status Change")
-    {
-        return None;
-    }
-    let d = ev.get("detail")?;
-    let status = d.get("status").and_then(Value::as_str)?;
-    if !matches!(status, "FAILED" | "TIMED_OUT" | "ABORTED") {
-        return None;
-    }
-    let text = |k: &str| d.get(k).and_then(Value::as_str).map(str::to_string);
-    Some(tokenops::model::FailedExecution {
-        execution: text("name")?,
-        error: text("error").unwrap_or_else(|| match status {
-            "TIMED_OUT" => "States.Timeout".into(),
-            "ABORTED" => "Aborted".into(),
-            _ => "States.TaskFailed".into(),
-        }),
-        cause: text("cause").unwrap_or_else(|| format!("execution {status}")),
-    })
 }
 
 /// An EventBridge schedule's event (the relay's tick).

@@ -1,13 +1,16 @@
 //! The one retry rule for transient faults (store unavailable, throttling): capped exponential
 //! backoff with full jitter. The ASL's `Retry` on `StoreUnavailable` says the same thing
-//! (`IntervalSeconds` 1, `BackoffRate` 2, `MaxDelaySeconds` 60, `MaxAttempts` 15,
+//! (`IntervalSeconds` 1, `BackoffRate` 2, `MaxDelaySeconds` 30, `MaxAttempts` 10,
 //! `JitterStrategy` FULL — a test holds the two together), and the local orchestrator's
 //! checkpoint loop and the relay use [`Backoff::TRANSIENT`] directly.
 //!
 //! Why these numbers: a DynamoDB throttling burst or a full disk lasts seconds to minutes, so the
-//! budget must span minutes (about 5 min on average, 10 min at most), while the 60 s cap keeps a
-//! recovered store from idling a run for long; full jitter spreads the retries of runs that
-//! failed together. What outlasts the budget is not lost: the relay resumes it later.
+//! budget spans minutes (about 1.5 min on average, 3 min at most), the 30 s cap keeps a recovered
+//! store from idling a run for long, and full jitter spreads the retries of runs that failed
+//! together. The ceiling is Express's: an execution lives five minutes at most, and one state's
+//! whole budget must fit in it with room for the others. What outlasts the budget is not lost:
+//! the run fails with a ticket and its hold released, and a redrive resumes it; locally the
+//! relay resumes an execution an outage paused.
 
 use std::time::Duration;
 
@@ -25,8 +28,8 @@ impl Backoff {
     pub const TRANSIENT: Backoff = Backoff {
         initial_secs: 1.0,
         factor: 2.0,
-        cap_secs: 60.0,
-        retries: 15,
+        cap_secs: 30.0,
+        retries: 10,
         full_jitter: true,
     };
 
@@ -68,12 +71,12 @@ mod tests {
         let b = Backoff::TRANSIENT;
         assert_eq!(b.ceiling(0), Duration::from_secs(1));
         assert_eq!(b.ceiling(3), Duration::from_secs(8));
-        assert_eq!(b.ceiling(9), Duration::from_secs(60));
-        // 1+2+4+8+16+32 + 9×60 = 603 s: ten minutes at most, about five with full jitter.
-        assert_eq!(b.max_budget(), Duration::from_secs(603));
+        assert_eq!(b.ceiling(9), Duration::from_secs(30));
+        // 1+2+4+8+16 + 5×30 = 181 s: three minutes at most, inside Express's five.
+        assert_eq!(b.max_budget(), Duration::from_secs(181));
         let draws: Vec<Duration> = (0..100).map(|_| b.delay(9)).collect();
-        assert!(draws.iter().all(|d| *d <= Duration::from_secs(60)));
-        assert!(draws.iter().any(|d| *d < Duration::from_secs(30)));
-        assert!(draws.iter().any(|d| *d > Duration::from_secs(30)));
+        assert!(draws.iter().all(|d| *d <= Duration::from_secs(30)));
+        assert!(draws.iter().any(|d| *d < Duration::from_secs(15)));
+        assert!(draws.iter().any(|d| *d > Duration::from_secs(15)));
     }
 }

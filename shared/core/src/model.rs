@@ -587,8 +587,8 @@ pub struct FullLoopPayload {
     pub redrives: u32,
 }
 
-/// A failed execution, as the EventBridge event or the local orchestrator reports it (the
-/// failure handler's input).
+/// A failed execution, as the queue function (from a synchronous execution's end) or the local
+/// orchestrator reports it (the failure handler's input).
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct FailedExecution {
     /// The execution name: the run id, or `<run>-replay-<n>`.

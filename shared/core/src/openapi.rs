@@ -299,6 +299,41 @@ fn generator(serialize: bool) -> SchemaGenerator {
     settings.with_transform(TrueToEmpty).into_generator()
 }
 
+/// One operation's body as a standalone JSON Schema (2020-12, its definitions under `$defs`):
+/// what an MCP tool declares as its input (`serialize` false: as the handler parses it) or output
+/// (true: as it answers). The same types as the OpenAPI document's. A named type's definition is
+/// the root itself (not a `$ref` to it), so an object body is `"type": "object"` at the top, as
+/// MCP requires.
+pub fn standalone(f: SchemaFn, serialize: bool) -> Value {
+    let settings = SchemaSettings::draft2020_12().with(|s| s.meta_schema = None);
+    let settings = if serialize {
+        settings.for_serialize()
+    } else {
+        settings.for_deserialize()
+    };
+    let mut g = settings.with_transform(TrueToEmpty).into_generator();
+    let root = schema_value(&mut g, f);
+    let defs = g.take_definitions(true);
+    let named = root["$ref"]
+        .as_str()
+        .and_then(|r| r.strip_prefix("#/$defs/"))
+        .and_then(|name| defs.get(name))
+        .cloned();
+    // The definition stays in `$defs` too: a recursive type refers to itself there.
+    let mut root = named.unwrap_or(root);
+    if let (false, Some(m)) = (defs.is_empty(), root.as_object_mut()) {
+        m.insert("$defs".into(), Value::Object(defs));
+    }
+    root
+}
+
+/// The operation of a route by its method and path pattern.
+pub fn operation(method: &str, path: &str) -> Option<&'static Operation> {
+    OPERATIONS
+        .iter()
+        .find(|o| o.method == method && o.path == path)
+}
+
 fn schema_value(g: &mut SchemaGenerator, f: SchemaFn) -> Value {
     let mut schema = f(g);
     TrueToEmpty.transform(&mut schema);

@@ -43,9 +43,25 @@ pub trait RunQueue: Send + Sync + Clone + 'static {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Started {
+    /// The engine took the execution and sees it to its end (the local engine: its own failure
+    /// path runs the failure handler).
     New,
     /// An execution with that name exists: the start was a duplicate.
     AlreadyExists,
+    /// The execution ran to its end before `start` returned (Step Functions Express, started
+    /// synchronously): the caller acts on how it ended.
+    Ended(Ended),
+}
+
+/// How a synchronously run execution ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ended {
+    Succeeded,
+    /// Failed, timed out or aborted: `error` is the error type (`States.Timeout` for a timeout).
+    Failed {
+        error: String,
+        cause: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,6 +72,10 @@ pub enum Redriven {
     NotFailed,
     /// No execution by that name.
     NotFound,
+    /// The engine cannot resume an execution (Step Functions Express): start the path again.
+    /// Sound because every stage is idempotent: one that already succeeded answers its object
+    /// without a second effect.
+    StartAgain,
 }
 
 /// Starts the orchestrated path (Step Functions in AWS, the local ASL engine here).
@@ -65,8 +85,8 @@ pub trait Orchestrator: Send + Sync + Clone + 'static {
         name: &str,
         input: serde_json::Value,
     ) -> impl Future<Output = Result<Started, StoreError>> + Send;
-    /// Resumes a failed execution from the state that failed, keeping what succeeded
-    /// (Step Functions `RedriveExecution`; the local engine's equivalent).
+    /// Resumes a failed execution from the state that failed, keeping what succeeded (the
+    /// local engine), or says to start it again ([`Redriven::StartAgain`]).
     fn redrive(&self, name: &str) -> impl Future<Output = Result<Redriven, StoreError>> + Send;
 }
 

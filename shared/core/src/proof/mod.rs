@@ -10,4 +10,5 @@ pub mod dsse;
 pub mod jcs;
 pub mod ledger;
 pub mod signer;
+pub mod verify;
 pub mod webhook;

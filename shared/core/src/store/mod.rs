@@ -16,6 +16,10 @@
 //! | queue message (local queue) | `QUEUE#<queue>` | `MSG#<ulid>` | `visible_at`, `receives` numbers, `receipt` attr |
 //! | execution (local orchestrator) | `EXEC` | `EXEC#<name>` | `status` attr; `doc` = the ASL execution state |
 //!
+//! Every item's JSON is its `doc` (S); a doc over 1 KB is stored deflated as `docz` (B) instead
+//! (`tokenops_aws::dynamodb`: writes are billed per KB, and the loop's JSON deflates about 3x).
+//! Conditions never look inside a doc: they use the item's own attributes and numbers.
+//!
 //! Conditional: agent/object/transfer creation (`attribute_not_exists`), run updates (`version`),
 //! entitlement debits (`available >= amount`), hold settlement (`status = held`), ledger appends
 //! (`seq = expected`), credential claim (`claimed = false`). Transactional: every stage writes its
