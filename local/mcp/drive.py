@@ -17,8 +17,11 @@ import json
 import sys
 import time
 
+import anyio
 import httpx2
 from mcp import ClientSession, StdioServerParameters
+from mcp.client.subscriptions import listen
+import mcp_types as types
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
@@ -95,10 +98,46 @@ async def poll(session, name, args, done, timeout=60.0):
         await asyncio.sleep(0.05)
 
 
+def settled(payload):
+    return payload["next_action"] in ("ready_for_downstream_agent", "none")
+
+
+async def updates_while(session, init, uri, act):
+    """Subscribes to `uri`, runs `act`, and reads the resource on each update until the run is
+    settled. Protocol 2026-07-28: `subscriptions/listen`, which the server ends once the run is
+    settled; 2025: `resources/subscribe`, the updates arriving through the session's message
+    handler. None when the server offers no subscriptions on this connection."""
+    caps = init.capabilities.resources
+    if not (caps and caps.subscribe):
+        return None
+    states = []
+    with anyio.fail_after(60):
+        if session.protocol_version >= "2026-07-28":
+            async with listen(session, resource_subscriptions=[uri]) as sub:
+                honored = list(sub.honored.resource_subscriptions or [])
+                await act()
+                async for event in sub:
+                    payload = json.loads((await session.read_resource(event.uri)).contents[0].text)
+                    states.append(payload["state"])
+            return {"protocol": "subscriptions/listen", "honored": honored, "states": states}
+        await session.subscribe_resource(uri)
+        await act()
+        while True:
+            updated = await session.updates.receive()
+            payload = json.loads((await session.read_resource(updated)).contents[0].text)
+            states.append(payload["state"])
+            if settled(payload):
+                break
+        await session.unsubscribe_resource(uri)
+        return {"protocol": "resources/subscribe", "honored": [uri], "states": states}
+
+
 @contextlib.asynccontextmanager
 async def connect(args, key=None):
-    """An initialized session: over stdio (the key in the server's environment) or streamable
-    HTTP (the key as a bearer token)."""
+    """A session: over stdio (the key in the server's environment) with the 2025 handshake most
+    desktop clients still use, or over streamable HTTP (the key as a bearer token) with the
+    2026-07-28 `server/discover` a stateless server is made for. `session.updates` receives the
+    URIs of `notifications/resources/updated`."""
     async with contextlib.AsyncExitStack() as stack:
         if args.server:
             env = {"TOKENOPS_ACCESS_KEY": key} if key else None
@@ -108,9 +147,22 @@ async def connect(args, key=None):
             headers = {"Authorization": f"Bearer {key}"} if key else {}
             http = await stack.enter_async_context(httpx2.AsyncClient(headers=headers, timeout=60))
             read, write = await stack.enter_async_context(streamable_http_client(args.mcp_url, http_client=http))
-        session = await stack.enter_async_context(ClientSession(read, write))
-        init = await session.initialize()
-        yield session, init
+        send_update, updates = anyio.create_memory_object_stream(100)
+
+        async def on_message(message):
+            if isinstance(message, types.ResourceUpdatedNotification):
+                await send_update.send(str(message.params.uri))
+
+        session = await stack.enter_async_context(ClientSession(read, write, message_handler=on_message))
+        session.updates = updates
+        if args.server:
+            init = await session.initialize()
+            info = {"name": init.server_info.name, "protocol": init.protocol_version}
+        else:
+            init = await session.discover()
+            server = (init.meta or {}).get("io.modelcontextprotocol/serverInfo") or {}
+            info = {"name": server.get("name"), "protocol": session.protocol_version}
+        yield session, init, info
 
 
 async def onboard(session, name, callback):
@@ -133,8 +185,8 @@ async def main():
     start = time.monotonic()
     # Anonymous: onboard and claim. Over stdio the session adopts the claimed key; over HTTP a
     # call without a bearer token is refused like the API refuses it.
-    async with connect(args) as (session, init):
-        out["server"] = {"name": init.server_info.name, "protocol": init.protocol_version}
+    async with connect(args) as (session, init, info):
+        out["server"] = info
         tools = (await session.list_tools()).tools
         out["tools"] = {t.name: {"input_type": t.input_schema.get("type"),
                                  "output_schema": t.output_schema is not None,
@@ -150,7 +202,7 @@ async def main():
         if r.is_error:
             out["quote_without_key"] = r.structured_content
     key = creds["access_key"]
-    async with connect(args, key) as (session, _):
+    async with connect(args, key) as (session, init, _):
         quote = await call(session, "get_quote", {
             "requested_tool": "tokenops", "requested_capability": "tokenops_result_package"})
         route = await call(session, "fund", {
@@ -182,8 +234,12 @@ async def main():
                              lambda r: r.get("next_action") == "supply_missing_evidence")
         ticket = await call(session, "get_object",
                             {"id": waiting["objects"]["exception_recovery"][0]["id"]})
-        await call(session, "supply_evidence",
-                   dict(missing_evidence(ent_id, route["settlement_id"]), run_id=gap))
+        # Subscribed to the waiting run, the agent hears each change until it is settled.
+        supply = lambda: call(session, "supply_evidence",
+                              dict(missing_evidence(ent_id, route["settlement_id"]), run_id=gap))
+        out["updates"] = await updates_while(session, init, f"tokenops://runs/{gap}", supply)
+        if out["updates"] is None:
+            await supply()
         healed = await poll(session, "get_run", {"run_id": gap},
                             lambda r: r.get("state") == "callback_delivered" and r.get("attested"))
         out["evidence_gap"] = {"run_id": gap, "ticket": ticket["exception_type"],
@@ -211,9 +267,9 @@ async def main():
             unknown = type(e).__name__
         out["unknown_tool"] = unknown
     # Another agent: the first agent's run does not exist for it.
-    async with connect(args) as (session, _):
+    async with connect(args) as (session, _, _):
         _, other = await onboard(session, "mcp-other-agent", args.callback)
-    async with connect(args, other["access_key"]) as (session, _):
+    async with connect(args, other["access_key"]) as (session, _, _):
         out["other_agents_run"] = await call_error(session, "get_run", {"run_id": run_id})
         try:
             await session.read_resource(f"tokenops://runs/{run_id}")

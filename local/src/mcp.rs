@@ -13,7 +13,8 @@ pub enum McpError {
 
 /// Serves one MCP session on stdin/stdout until the client closes it.
 pub async fn serve_stdio(api: &str, key: Option<String>) -> Result<(), McpError> {
-    let server = mcp::TokenOpsMcp::new(mcp::api::HttpApi::new(api)?, key);
+    let server = mcp::TokenOpsMcp::new(mcp::api::HttpApi::new(api)?, key)
+        .with_run_updates(mcp::RUN_UPDATE_EVERY);
     let running = server
         .serve(rmcp::transport::stdio())
         .await

@@ -120,6 +120,9 @@ impl Api for InProcessApi {
         if let Some(k) = &req.idempotency_key {
             b = b.header("idempotency-key", k);
         }
+        if let Some(p) = &req.payment_signature {
+            b = b.header(tokenops::x402::HEADER_SIGNATURE, p);
+        }
         let body = match &req.body {
             Some(v) => {
                 b = b.header("content-type", "application/json");
@@ -135,15 +138,19 @@ impl Api for InProcessApi {
             source_ip: Some("127.0.0.1".into()),
             ..tokenops::http::ApiRequest::from_http(&parts, body)
         };
-        let resp = dispatch(&self.app, api).await;
+        // On the heap: the handlers' future (an x402-paid run verifies and settles in it) on top
+        // of the MCP service's overflowed a worker's stack in debug builds.
+        let resp = Box::pin(dispatch(&self.app, api)).await;
         let body = if resp.body.is_empty() {
             serde_json::Value::Null
         } else {
             serde_json::from_slice(&resp.body).map_err(|e| unreachable(e.to_string()))?
         };
+        let header = |name| resp.header(name).map(str::to_string);
         Ok(Reply {
             status: resp.status,
-            payment_required: resp.header("payment-required").map(str::to_string),
+            payment_required: header(tokenops::x402::HEADER_REQUIRED),
+            payment_response: header(tokenops::x402::HEADER_RESPONSE),
             body,
         })
     }
@@ -153,5 +160,5 @@ impl Api for InProcessApi {
 /// hosts only (the server listens on 127.0.0.1).
 fn mcp_service(app: App) -> mcp::http::Service<InProcessApi> {
     let hosts = ["127.0.0.1", "localhost", "::1"].map(String::from).to_vec();
-    mcp::http::service(InProcessApi { app }, hosts)
+    mcp::http::service(InProcessApi { app }, hosts, true)
 }

@@ -6,6 +6,24 @@ use serde_json::Value;
 use tokenops_local::agent::{Agent, Receiver};
 use tokenops_local::runtime::{Options, Runtime};
 
+/// The repository's root.
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// The `tokenops` binary beside the running test (`cargo test --workspace` builds it).
+pub fn tokenops_binary() -> PathBuf {
+    // target/<profile>/deps/<this test> → target/<profile>/tokenops.
+    let exe = std::env::current_exe().expect("test exe");
+    exe.parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join("tokenops")
+}
+
 pub fn temp_dir(tag: &str) -> PathBuf {
     std::env::temp_dir().join(format!(
         "tokenops-test-{tag}-{}",

@@ -1,7 +1,8 @@
 //! The MCP door as an LLM agent meets it: the official MCP Python SDK (PyPI `mcp`, in `.venv`)
 //! drives a whole run through the tools (local/mcp/drive.py) against the embedded default, over
-//! stdio (`tokenops mcp`) and over streamable HTTP (the local server's `/mcp`). `make test` installs the SDK; run alone
-//! without it, this test says so and passes (CI sets `TOKENOPS_REQUIRE_MCP`).
+//! stdio (`tokenops mcp`) and over streamable HTTP (the local server's `/mcp`), subscribed to a
+//! run while it heals. `make test` installs the SDK; run alone without it, this test says so and
+//! passes (CI sets `TOKENOPS_REQUIRE_MCP`). Paying the tools over x402: tests/tests/x402.rs.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -11,21 +12,7 @@ use serde_json::Value;
 use tokenops_local::agent::{full_evidence, Agent, Receiver};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-fn binary() -> PathBuf {
-    // target/<profile>/deps/<this test> → target/<profile>/tokenops (built by `cargo test --workspace`).
-    let exe = std::env::current_exe().expect("test exe");
-    exe.parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .join("tokenops")
-}
+use tokenops_tests::{tokenops_binary as binary, workspace};
 
 /// The venv's Python, if it has the MCP SDK.
 async fn mcp_python() -> Option<PathBuf> {
@@ -83,6 +70,29 @@ async fn drive(
     let status = child.wait().await.unwrap();
     assert!(status.success(), "drive.py failed (its stderr is above)");
     report.expect("drive.py's report")
+}
+
+/// Subscribed to the waiting run of the evidence gap, the agent heard it change until it was
+/// delivered and attested, over `protocol` (the 2025 `resources/subscribe` or the 2026-07-28
+/// `subscriptions/listen`); `None`: the server offered no subscription on that connection.
+fn check_updates(out: &Value, protocol: Option<&str>) {
+    let updates = &out["updates"];
+    let Some(protocol) = protocol else {
+        assert!(updates.is_null(), "no subscriptions offered: {out}");
+        return;
+    };
+    assert_eq!(updates["protocol"], protocol, "{out}");
+    let gap = out["evidence_gap"]["run_id"].as_str().unwrap();
+    assert_eq!(
+        updates["honored"],
+        serde_json::json!([format!("tokenops://runs/{gap}")])
+    );
+    let states = updates["states"].as_array().unwrap();
+    assert_eq!(
+        states.last().and_then(Value::as_str),
+        Some("callback_delivered"),
+        "the last update is the delivered run: {out}"
+    );
 }
 
 /// What both transports must show.
@@ -193,6 +203,8 @@ async fn an_mcp_client_drives_a_whole_run_over_stdio() {
     let server = vec!["--server".to_string(), binary().display().to_string()];
     let out = drive(&python, &rt.base_url, &cb, &receiver, &server).await;
     check(&out, &receiver);
+    check_updates(&out, Some("resources/subscribe"));
+    assert_eq!(out["server"]["protocol"], "2025-11-25");
     // The stdio session took the key claim_credentials returned.
     assert_eq!(out["quote_right_after_claim"], "ok", "{out}");
 
@@ -240,6 +252,8 @@ async fn an_mcp_client_drives_a_whole_run_over_streamable_http() {
     let url = vec!["--mcp-url".to_string(), format!("{}/mcp", rt.base_url)];
     let out = drive(&python, &rt.base_url, &cb, &receiver, &url).await;
     check(&out, &receiver);
+    check_updates(&out, Some("subscriptions/listen"));
+    assert_eq!(out["server"]["protocol"], "2026-07-28");
     // Over HTTP the key is the request's bearer token: without one, the API's 401.
     assert_eq!(out["quote_right_after_claim"], "error", "{out}");
     assert_eq!(out["quote_without_key"]["status"], 401, "{out}");
@@ -263,5 +277,7 @@ async fn an_mcp_client_drives_a_whole_run_through_the_mcp_function() {
     let url = vec!["--mcp-url".to_string(), format!("{api}/mcp")];
     let out = drive(&python, &api, &cb, &receiver, &url).await;
     check(&out, &receiver);
+    // Buffered answers through API Gateway: no stream to carry updates, so none are offered.
+    check_updates(&out, None);
     assert_eq!(out["quote_without_key"]["status"], 401, "{out}");
 }

@@ -11,6 +11,7 @@ use tokenops_local::agent::{Agent, Receiver};
 use tokenops_local::runtime::{Options, Runtime};
 use tokenops_tests::x402::{self, balance, pay_py, post_paid, receipt_status, rpc};
 use tokenops_tests::{item_count, temp_dir, wait_delivered};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -817,4 +818,149 @@ async fn a_run_paid_over_x402_through_the_lambda_functions_on_the_emulator() {
         .await
         .unwrap();
     assert_eq!(receipt["payment"]["transaction"], tx.as_str());
+}
+
+/// Runs local/x402/mcp_pay.py (the official x402 SDK's MCP payer over the official MCP Python
+/// SDK) with `transport` arguments, paying from `key`; its report. The callback secret it prints
+/// first goes to `receiver`.
+async fn mcp_pay(
+    peers: &Value,
+    transport: &[String],
+    cb: &str,
+    receiver: &Receiver,
+    key: &str,
+) -> Value {
+    let script = tokenops_tests::workspace().join("local/x402/mcp_pay.py");
+    let mut child = tokio::process::Command::new(peers["python"].as_str().unwrap())
+        .arg(script)
+        .args(transport)
+        .args(["--callback", cb, "--payer-key", key])
+        .args(["--network", peers["network"].as_str().unwrap()])
+        .args(["--asset", peers["asset"].as_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("mcp_pay.py runs");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut report = None;
+    let read = async {
+        while let Some(line) = lines.next_line().await.expect("mcp_pay.py output") {
+            let v: Value = serde_json::from_str(&line).expect("a JSON line");
+            match v["callback_signing_secret"].as_str() {
+                Some(secret) => receiver.add_secret(secret),
+                None => report = Some(v),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(240), read)
+        .await
+        .expect("mcp_pay.py finishes");
+    let status = child.wait().await.unwrap();
+    assert!(status.success(), "mcp_pay.py failed (its stderr is above)");
+    report.expect("mcp_pay.py's report")
+}
+
+/// x402 over MCP (issue 11): an x402-capable MCP client — the official x402 SDK's MCP payer
+/// (`x402.mcp.x402MCPSession`) over the official MCP Python SDK — pays `submit_run` and `fund`
+/// through `tokenops mcp` (stdio) and the local server's `/mcp` (streamable HTTP), with no
+/// TokenOps code on its side: the payment-required tool result, `_meta["x402/payment"]`, and the
+/// settlement in `_meta["x402/payment-response"]`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_x402_mcp_client_pays_the_tools_over_stdio_and_streamable_http() {
+    let Some(peers) = x402::peers() else { return };
+    let _turn = TURN.lock().await;
+    let rt = runtime("x402-mcp", &peers, |_| {}).await;
+    let (payer_addr, key) = payer_key(&peers, 3);
+    let pay_to = peers["pay_to"].as_str().unwrap();
+    let stdio = [
+        "--server".to_string(),
+        tokenops_tests::tokenops_binary().display().to_string(),
+        "--api".to_string(),
+        rt.base_url.clone(),
+    ];
+    let http = ["--mcp-url".to_string(), format!("{}/mcp", rt.base_url)];
+    for transport in [&stdio[..], &http[..]] {
+        let receiver = Receiver::default();
+        let cb = receiver.start().await.unwrap();
+        let (payer_before, pay_to_before) = (
+            balance(&peers, &payer_addr).await,
+            balance(&peers, pay_to).await,
+        );
+        let out = mcp_pay(&peers, transport, &cb, &receiver, &key).await;
+
+        // Unpaid: the spec's payment-required result, in structuredContent and content[0].
+        let unpaid = &out["unpaid"];
+        assert_eq!(unpaid["is_error"], true, "{out}");
+        assert_eq!(unpaid["x402_version"], 2);
+        assert_eq!(unpaid["text_wrapper_code"], 402);
+        assert_eq!(unpaid["text_wrapper_has_data"], true);
+        let accept = &unpaid["accepts"][0];
+        assert_eq!(accept["payTo"], peers["pay_to"]);
+        assert_eq!(accept["asset"], peers["asset"]);
+        let price: u128 = accept["amount"].as_str().unwrap().parse().unwrap();
+        assert!(
+            unpaid["error"]
+                .as_str()
+                .unwrap()
+                .contains("_meta[\"x402/payment\"]"),
+            "{out}"
+        );
+
+        // A payment that does not answer the requirements: refused, saying why, nothing moves.
+        let refused = &out["refused"];
+        assert_eq!(refused["is_error"], true, "{out}");
+        assert_eq!(refused["accepts"], unpaid["accepts"]);
+        assert!(
+            refused["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("_meta[\"x402/payment\"].payload.authorization.value: underpaid"),
+            "{out}"
+        );
+        assert_eq!(
+            refused["problem_field"], "_meta[\"x402/payment\"].payload.authorization.value",
+            "{out}"
+        );
+
+        // Paid by the SDK's MCP payer on its own; the settlement comes back in _meta.
+        let paid = &out["paid_run"];
+        assert_eq!(paid["payment_made"], true, "{out}");
+        assert_eq!(paid["payment_response"]["success"], true, "{out}");
+        let tx = paid["payment_response"]["transaction"].as_str().unwrap();
+        assert_eq!(receipt_status(&peers, tx).await, Some(1), "on chain");
+        let run_id = paid["run_id"].as_str().unwrap();
+        // The same call again answers with the same run and pays nothing.
+        assert_eq!(out["paid_again"]["payment_made"], false, "{out}");
+        assert_eq!(out["paid_again"]["run_id"], run_id);
+        assert_eq!(out["run"]["state"], "callback_delivered");
+        assert_eq!(out["run"]["attestation_valid"], true);
+        assert_eq!(out["run"]["statement_payment"]["transaction"], tx);
+        assert_eq!(receiver.verified_for(run_id).len(), 1, "one callback");
+
+        // Prepaid credits over x402 through the fund tool.
+        let fund = &out["fund"];
+        assert_eq!(fund["payment_made"], true, "{out}");
+        assert_eq!(fund["status"], "confirmed");
+        assert_eq!(fund["provider"], "x402");
+        assert_eq!(
+            fund["route_transaction"],
+            fund["payment_response"]["transaction"]
+        );
+        let top_up = fund["credits"].as_u64().unwrap() as u128 * RATE as u128;
+
+        // Money moved exactly twice: the run's price and the top-up.
+        assert_eq!(
+            balance(&peers, &payer_addr).await,
+            payer_before - price - top_up
+        );
+        assert_eq!(
+            balance(&peers, pay_to).await,
+            pay_to_before + price + top_up
+        );
+        eprintln!(
+            "x402 over MCP ({}): paid submit_run in {} ms, delivered and attested in {} ms",
+            out["transport"], paid["paid_ms"], out["run"]["wall_ms"]
+        );
+    }
+    rt.shutdown().await;
 }

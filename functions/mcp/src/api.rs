@@ -5,14 +5,17 @@
 use std::future::Future;
 
 use serde_json::Value;
+use tokenops::x402;
 
 /// An answer of the API: its status and body (problem+json for an error).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Reply {
     pub status: u16,
     pub body: Value,
-    /// `PAYMENT-REQUIRED` on a 402 (x402), kept for the tool's result.
+    /// `PAYMENT-REQUIRED` on a 402 (x402): what to pay, for the tool's payment-required result.
     pub payment_required: Option<String>,
+    /// `PAYMENT-RESPONSE` after a payment: the settlement, for the result's `_meta`.
+    pub payment_response: Option<String>,
 }
 
 /// One API request: what a tool call becomes.
@@ -23,6 +26,20 @@ pub struct Request {
     pub body: Option<Value>,
     /// Sent as `Idempotency-Key` on a POST.
     pub idempotency_key: Option<String>,
+    /// Sent as `PAYMENT-SIGNATURE` (x402): the payment the MCP client put in `_meta`.
+    pub payment_signature: Option<String>,
+}
+
+impl Request {
+    pub fn get(path: String) -> Self {
+        Request {
+            method: "GET",
+            path,
+            body: None,
+            idempotency_key: None,
+            payment_signature: None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +93,9 @@ impl Api for HttpApi {
         if let Some(k) = &req.idempotency_key {
             r = r.header("idempotency-key", k);
         }
+        if let Some(p) = &req.payment_signature {
+            r = r.header(x402::HEADER_SIGNATURE, p);
+        }
         if let Some(b) = &req.body {
             r = r
                 .header("content-type", "application/json")
@@ -83,11 +103,14 @@ impl Api for HttpApi {
         }
         let resp = r.send().await.map_err(|e| unreachable(e.to_string()))?;
         let status = resp.status().as_u16();
-        let payment_required = resp
-            .headers()
-            .get("payment-required")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let payment_required = header(x402::HEADER_REQUIRED);
+        let payment_response = header(x402::HEADER_RESPONSE);
         let bytes = resp.bytes().await.map_err(|e| unreachable(e.to_string()))?;
         let body = if bytes.is_empty() {
             Value::Null
@@ -103,6 +126,7 @@ impl Api for HttpApi {
             status,
             body,
             payment_required,
+            payment_response,
         })
     }
 }

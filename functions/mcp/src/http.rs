@@ -16,14 +16,22 @@ pub type Service<A> = StreamableHttpService<TokenOpsMcp<A>, NeverSessionManager>
 /// answer as a stateless server does). Outside the API's route table: they carry the protocol.
 pub const ROUTES: [(&str, &str); 3] = [("POST", "/mcp"), ("GET", "/mcp"), ("DELETE", "/mcp")];
 
-/// `hosts`: the `Host` values to accept (rmcp refuses others: DNS rebinding).
-pub fn service<A: Api>(api: A, hosts: Vec<String>) -> Service<A> {
+/// `hosts`: the `Host` values to accept (rmcp refuses others: DNS rebinding). `run_updates`:
+/// serve run subscriptions (a `subscriptions/listen` answer is a stream held open, which a
+/// server whose responses are buffered, as the Lambda function's, cannot give).
+pub fn service<A: Api>(api: A, hosts: Vec<String>, run_updates: bool) -> Service<A> {
     let config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
         .with_json_response(true)
         .with_allowed_hosts(hosts);
     StreamableHttpService::new(
-        move || Ok(TokenOpsMcp::new(api.clone(), None)),
+        move || {
+            let server = TokenOpsMcp::new(api.clone(), None);
+            Ok(match run_updates {
+                true => server.with_run_updates(crate::RUN_UPDATE_EVERY),
+                false => server,
+            })
+        },
         Arc::new(NeverSessionManager::default()),
         config,
     )

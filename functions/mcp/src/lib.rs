@@ -11,21 +11,28 @@
 
 pub mod api;
 pub mod http;
+pub mod payment;
 pub mod tools;
+pub mod watch;
 
-use std::sync::{Arc, OnceLock, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
 
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, JsonObject,
-    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
-    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
-    ResourceContents, ResourceTemplate, ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
+    CallToolRequestParams, CallToolResponse, CallToolResult, Implementation,
+    InitializeRequestParams, InitializeResult, JsonObject, ListResourceTemplatesResult,
+    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams,
+    ReadResourceResponse, ReadResourceResult, Resource, ResourceContents, ResourceTemplate,
+    ResourceUpdatedNotificationParam, ServerCapabilities, ServerConfig, SubscribeRequestParams,
+    SubscriptionFilter, Tool, ToolAnnotations, UnsubscribeRequestParams,
 };
-use rmcp::service::RequestContext;
+use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::{json, Map, Value};
 use tokenops::error::ApiError;
 use tokenops::proof::verify;
+use tokio::task::AbortHandle;
 
 use api::{Api, Reply, Request};
 use tools::{BadArgument, Plan, TOOLS};
@@ -40,10 +47,19 @@ pub const OPENAPI: &str = "tokenops://openapi";
 pub const SCHEMAS: &str = "tokenops://schemas/";
 pub const RUNS: &str = "tokenops://runs/";
 
+/// How often a subscribed run is read where subscriptions are served: a run's stages take tens of
+/// milliseconds each, and a model needs no finer news than this.
+pub const RUN_UPDATE_EVERY: Duration = Duration::from_millis(250);
+
 #[derive(Clone)]
 pub struct TokenOpsMcp<A: Api> {
     api: A,
     key: Arc<RwLock<Option<String>>>,
+    /// How often a subscribed run is read; `None`: no subscriptions (a transport that cannot hold
+    /// a stream open, as the Lambda's buffered answers cannot).
+    run_updates: Option<Duration>,
+    /// The 2025 protocol's subscriptions of this session: the watch of each URI.
+    subscriptions: Arc<Mutex<HashMap<String, AbortHandle>>>,
 }
 
 impl<A: Api> TokenOpsMcp<A> {
@@ -51,7 +67,15 @@ impl<A: Api> TokenOpsMcp<A> {
         TokenOpsMcp {
             api,
             key: Arc::new(RwLock::new(key)),
+            run_updates: None,
+            subscriptions: Arc::default(),
         }
+    }
+
+    /// Serves subscriptions to `tokenops://runs/{run_id}`, reading each subscribed run `every`.
+    pub fn with_run_updates(mut self, every: Duration) -> Self {
+        self.run_updates = Some(every);
+        self
     }
 
     fn session_key(&self) -> Option<String> {
@@ -119,10 +143,7 @@ impl<A: Api> TokenOpsMcp<A> {
                 .contains(&name)
                 .then(|| (format!("/schemas/{name}"), false));
         }
-        let run = uri.strip_prefix(RUNS)?;
-        tokenops::ids::parse_id("run", run, "run_id")
-            .ok()
-            .map(|run| (format!("/runs/{run}"), true))
+        watch::run_path(uri).map(|path| (path, true))
     }
 
     /// Reads a resource; an unknown URI or an API refusal (another agent's run) is
@@ -143,16 +164,14 @@ impl<A: Api> TokenOpsMcp<A> {
         } else {
             None
         };
-        let req = Request {
-            method: "GET",
-            path,
-            body: None,
-            idempotency_key: None,
-        };
-        let reply = self.api.send(&req, key.as_deref()).await.map_err(|e| {
-            tracing::warn!(error = %e, "API unreachable");
-            ErrorData::internal_error(UNREACHABLE, None)
-        })?;
+        let reply = self
+            .api
+            .send(&Request::get(path), key.as_deref())
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "API unreachable");
+                ErrorData::internal_error(UNREACHABLE, None)
+            })?;
         if reply.status != 200 {
             let detail = reply.body["detail"]
                 .as_str()
@@ -171,16 +190,25 @@ impl<A: Api> TokenOpsMcp<A> {
     }
 
     /// One tool call → its result; never a protocol error for what the caller can fix. `bearer`:
-    /// the HTTP request's access key, which takes the place of the session's.
+    /// the HTTP request's access key, which takes the place of the session's; `meta`: the call's
+    /// `_meta`, where an x402 client puts its payment.
     pub async fn call(
         &self,
         name: &str,
         args: &Map<String, Value>,
         bearer: Option<&str>,
+        meta: &JsonObject,
     ) -> Option<CallToolResult> {
         let key = bearer.map(str::to_string).or_else(|| self.session_key());
         let key = key.as_deref();
-        let plan = match tools::plan(name, args)? {
+        let planned = tools::plan(name, args)?.and_then(|plan| match plan {
+            Plan::Call(mut req) => {
+                req.payment_signature = payment::signature(meta)?;
+                Ok(Plan::Call(req))
+            }
+            other => Ok(other),
+        });
+        let plan = match planned {
             Ok(p) => p,
             Err(bad) => return Some(bad_argument(&bad)),
         };
@@ -194,7 +222,7 @@ impl<A: Api> TokenOpsMcp<A> {
                             }
                         }
                     }
-                    from_reply(reply)
+                    from_reply(reply, name)
                 }
                 Err(e) => e,
             },
@@ -214,17 +242,11 @@ impl<A: Api> TokenOpsMcp<A> {
     }
 
     async fn get_ok(&self, path: String, key: Option<&str>) -> Result<Value, CallToolResult> {
-        let req = Request {
-            method: "GET",
-            path,
-            body: None,
-            idempotency_key: None,
-        };
-        let reply = self.send(&req, key).await?;
+        let reply = self.send(&Request::get(path), key).await?;
         if reply.status == 200 {
             Ok(reply.body)
         } else {
-            Err(from_reply(reply))
+            Err(from_reply(reply, "get"))
         }
     }
 
@@ -286,33 +308,53 @@ fn schema_names() -> &'static [&'static str] {
     NAMES.get_or_init(|| tokenops::model::schemas().into_keys().collect())
 }
 
-/// A 2xx answer is the tool's structured result; anything else is a tool error carrying the
-/// API's problem+json (and, on a 402, the x402 payment requirements).
-fn from_reply(reply: Reply) -> CallToolResult {
+/// A 2xx answer is the tool's structured result (with the settlement in `_meta` when it was
+/// paid); a 402 the x402 payment-required result; anything else a tool error carrying the API's
+/// problem+json.
+fn from_reply(reply: Reply, tool: &str) -> CallToolResult {
+    if let Some(pay) = payment::required(&reply, tool) {
+        return pay;
+    }
     if (200..300).contains(&reply.status) {
-        return CallToolResult::structured(reply.body);
+        let settled = payment::settlement(&reply);
+        return CallToolResult::structured(reply.body).with_meta(settled);
     }
-    let mut body = reply.body;
-    if let (Some(req), Some(m)) = (reply.payment_required, body.as_object_mut()) {
-        m.insert("payment_required".into(), json!(req));
-    }
-    CallToolResult::structured_error(body)
+    CallToolResult::structured_error(reply.body)
 }
 
 impl<A: Api> ServerHandler for TokenOpsMcp<A> {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(
-            ServerCapabilities::builder()
-                .enable_tools()
-                .enable_resources()
-                .build(),
-        )
-        .with_server_info(Implementation::new("tokenops", env!("CARGO_PKG_VERSION")))
-        .with_instructions(
-            "TokenOps sells one paid unit of agent work and proves it. Order: onboard → \
+        let mut capabilities = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_resources()
+            .build();
+        if let Some(r) = capabilities.resources.as_mut() {
+            r.subscribe = self.run_updates.map(|_| true);
+        }
+        ServerConfig::new(capabilities)
+            .with_server_info(Implementation::new("tokenops", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "TokenOps sells one paid unit of agent work and proves it. Order: onboard → \
                  claim_credentials → get_quote → fund → submit_run → get_run until state is \
                  callback_delivered (supply_evidence if it asks) → verify_attestation.",
-        )
+            )
+    }
+
+    /// The 2025 handshake over HTTP: no `subscribe` (a stateless server keeps no stream open after
+    /// its answer to carry updates); the 2026-07-28 `subscriptions/listen` has its own stream.
+    async fn initialize(
+        &self,
+        request: InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<InitializeResult, ErrorData> {
+        context.peer.set_peer_info(request.clone());
+        let mut result = self.negotiate_initialize(&request)?;
+        if over_http(&context) {
+            if let Some(r) = result.capabilities.resources.as_mut() {
+                r.subscribe = None;
+            }
+        }
+        Ok(result)
     }
 
     async fn list_tools(
@@ -356,14 +398,118 @@ impl<A: Api> ServerHandler for TokenOpsMcp<A> {
             .map(Into::into)
     }
 
+    /// Run resources only, and only where the transport can carry the updates.
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        self.run_updates?;
+        let runs = requested
+            .resource_subscriptions
+            .iter()
+            .flatten()
+            .filter(|uri| watch::run_path(uri).is_some())
+            .cloned()
+            .collect::<Vec<_>>();
+        let mut accepted = SubscriptionFilter::new();
+        accepted.resource_subscriptions = Some(runs);
+        Some(accepted)
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        let Some(every) = self.run_updates else {
+            return Ok(());
+        };
+        let uris = context
+            .accepted()
+            .resource_subscriptions
+            .clone()
+            .unwrap_or_default();
+        let key = bearer(context.request_context()).or_else(|| self.session_key());
+        let sink = context.sink();
+        let notify = |uri: String| async move {
+            sink.notify_resource_updated(uri)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        tokio::select! {
+            () = context.cancelled() => {}
+            () = watch::runs(&self.api, key.as_deref(), uris, every, notify) => {}
+        }
+        Ok(())
+    }
+
+    /// The 2025 protocol's subscription, over stdio only: a stateless HTTP server has no stream
+    /// left open after its answer to carry the updates (`subscriptions/listen` has one).
+    #[allow(deprecated)]
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let (Some(every), false) = (self.run_updates, over_http(&context)) else {
+            return Err(ErrorData::invalid_request(
+                "resources/subscribe needs a stream this connection does not keep; use \
+                 subscriptions/listen (protocol 2026-07-28), or read the resource again",
+                None,
+            ));
+        };
+        if watch::run_path(&request.uri).is_none() {
+            return Err(ErrorData::invalid_params(
+                format!(
+                    "only runs can be subscribed ({RUNS}{{run_id}}); {} does not change",
+                    request.uri
+                ),
+                None,
+            ));
+        }
+        let key = self.session_key();
+        let (api, peer, uri) = (self.api.clone(), context.peer.clone(), request.uri.clone());
+        let task = tokio::spawn(async move {
+            let notify = |uri: String| {
+                let peer = peer.clone();
+                async move {
+                    peer.notify_resource_updated(ResourceUpdatedNotificationParam::new(uri))
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+            };
+            watch::runs(&api, key.as_deref(), vec![uri], every, notify).await;
+        });
+        if let Ok(mut subs) = self.subscriptions.lock() {
+            if let Some(old) = subs.insert(request.uri, task.abort_handle()) {
+                old.abort();
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(deprecated)]
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        if let Some(task) = self
+            .subscriptions
+            .lock()
+            .ok()
+            .and_then(|mut subs| subs.remove(&request.uri))
+        {
+            task.abort();
+        }
+        Ok(())
+    }
+
     async fn call_tool(
         &self,
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let args = request.arguments.unwrap_or_default();
+        let meta = &context.meta.0 .0;
         match self
-            .call(&request.name, &args, bearer(&context).as_deref())
+            .call(&request.name, &args, bearer(&context).as_deref(), meta)
             .await
         {
             Some(result) => Ok(result.into()),
@@ -373,6 +519,11 @@ impl<A: Api> ServerHandler for TokenOpsMcp<A> {
             )),
         }
     }
+}
+
+/// The call came over HTTP (streamable HTTP hands over the request's parts; stdio has none).
+fn over_http(context: &RequestContext<RoleServer>) -> bool {
+    context.extensions.get::<::http::request::Parts>().is_some()
 }
 
 /// The bearer key of the HTTP request behind this call (streamable HTTP hands over the request's

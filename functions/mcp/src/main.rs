@@ -12,7 +12,8 @@ async fn main() -> Result<(), Error> {
     lambda::init_logging();
     let base = lambda::public_base_url()?;
     let hosts = mcp::http::host_of(&base).into_iter().collect();
-    let svc = mcp::http::service(mcp::api::HttpApi::new(&base)?, hosts);
+    // Buffered answers (API Gateway + lambda_http): no run subscriptions here.
+    let svc = mcp::http::service(mcp::api::HttpApi::new(&base)?, hosts, false);
     run(service_fn(move |req: Request| {
         let mut svc = svc.clone();
         async move {

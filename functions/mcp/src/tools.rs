@@ -122,13 +122,13 @@ pub const TOOLS: &[ToolSpec] = &[
     },
     ToolSpec {
         name: "fund",
-        description: "Buy credits against a quote through a settlement provider (provider \"test_provider\" in the reference setup). Returns the provider route with its credit_entitlement_id; the entitlement is funded once the provider confirms (read it with get_object). Use the credit_entitlement_id in submit_run.",
+        description: "Buy credits against a quote through a settlement provider (provider \"test_provider\" in the reference setup). Returns the provider route with its credit_entitlement_id; the entitlement is funded once the provider confirms (read it with get_object). Use the credit_entitlement_id in submit_run. With provider \"x402\" the credits are paid on chain: the tool answers payment required (x402) and takes the payment in _meta[\"x402/payment\"].",
         route: Some(("POST", "/settlements")),
         read_only: false,
     },
     ToolSpec {
         name: "submit_run",
-        description: "Start one paid run: the quote, a funded credit_entitlement_id, the evidence bundle and a callback_url. TokenOps holds the credits, queues the run and carries it through review, result, receipts, callback, ledger and attestation. Returns the run's full loop payload (state queued); follow it with get_run.",
+        description: "Start one paid run: the quote, a funded credit_entitlement_id, the evidence bundle and a callback_url. TokenOps holds the credits, queues the run and carries it through review, result, receipts, callback, ledger and attestation. Returns the run's full loop payload (state queued); follow it with get_run (or subscribe to tokenops://runs/{run_id}). Where x402 is on, leave out credit_entitlement_id to pay per run: the tool answers payment required (x402) and takes the payment in _meta[\"x402/payment\"].",
         route: Some(("POST", "/runs")),
         read_only: false,
     },
@@ -237,10 +237,15 @@ fn id_arg(args: &Map<String, Value>, field: &str) -> Result<String, BadArgument>
 }
 
 /// The idempotency key of a POST: the caller's, or one derived from the tool and its arguments,
-/// so a model that retries a call gets the first answer instead of a second effect.
-fn idempotency_key(tool: &str, args: &Map<String, Value>) -> Option<String> {
+/// so a model that retries a call gets the first answer instead of a second effect. Derived only
+/// where the API scopes keys to the calling agent: on a public route (onboarding) two agents
+/// with the same manifest would share one, and the second would get the first one's agent.
+fn idempotency_key(tool: &str, public: bool, args: &Map<String, Value>) -> Option<String> {
     if let Some(Value::String(k)) = args.get("idempotency_key") {
         return Some(k.clone());
+    }
+    if public {
+        return None;
     }
     let mut bytes = format!("{tool}\n").into_bytes();
     bytes.extend(tokenops::proof::jcs::canonical_json(&Value::Object(args.clone())).ok()?);
@@ -271,10 +276,14 @@ fn routed(
         path,
         body: post.then_some(Value::Object(body)),
         idempotency_key: if post {
-            idempotency_key(tool, args)
+            let public = ROUTES
+                .iter()
+                .any(|r| r.method == method && r.pattern == pattern && !r.auth);
+            idempotency_key(tool, public, args)
         } else {
             None
         },
+        payment_signature: None,
     }))
 }
 
@@ -287,14 +296,7 @@ pub fn plan(tool: &str, args: &Map<String, Value>) -> Option<Result<Plan, BadArg
     Some(match tool {
         "get_object" => string_arg(args, "id")
             .and_then(|id| object_path(&id))
-            .map(|path| {
-                Plan::Call(Request {
-                    method: "GET",
-                    path,
-                    body: None,
-                    idempotency_key: None,
-                })
-            }),
+            .map(|path| Plan::Call(Request::get(path))),
         "verify_attestation" => id_arg(args, "attestation_id")
             .map(|attestation_id| Plan::VerifyAttestation { attestation_id }),
         "verify_ledger" => match args.get("run_id") {
@@ -386,5 +388,20 @@ mod tests {
             panic!("a call");
         };
         assert!(r.body.unwrap().get("idempotency_key").is_none());
+    }
+
+    #[test]
+    fn onboarding_derives_no_key_so_two_agents_with_one_manifest_are_two_agents() {
+        let manifest = args(json!({"name": "a", "owner_contact": "o@example.com"}));
+        let Plan::Call(r) = plan("onboard", &manifest).unwrap().unwrap() else {
+            panic!("a call");
+        };
+        assert_eq!(r.idempotency_key, None);
+        let mut given = manifest.clone();
+        given.insert("idempotency_key".into(), json!("mine"));
+        let Plan::Call(r) = plan("onboard", &given).unwrap().unwrap() else {
+            panic!("a call");
+        };
+        assert_eq!(r.idempotency_key.as_deref(), Some("mine"));
     }
 }

@@ -382,6 +382,14 @@ pub fn encode_header<T: Serialize>(value: &T) -> String {
     base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(value).unwrap_or_default())
 }
 
+/// A `PAYMENT-REQUIRED` or `PAYMENT-RESPONSE` value as JSON (`None` if it is not base64 JSON).
+pub fn decode_header(value: &str) -> Option<serde_json::Value> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(value.trim())
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
 /// The `PAYMENT-SIGNATURE` header decoded; the error says what is wrong, in words.
 pub fn decode_payment(header: &str) -> Result<PaymentPayload, String> {
     let raw = header.trim();
