@@ -107,6 +107,34 @@ async fn reference_and_evidence_gap_scenarios_through_the_emulator() {
     );
 }
 
+/// Typed clients generated from one plane work against the other: the document the deployed
+/// shape serves (the onboarding function behind the emulator's HTTP API) is the embedded
+/// default's, but for the server URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_aws_plane_serves_the_same_openapi_document() {
+    let Some(info) = tokenops_tests::emulator_info().await else {
+        return;
+    };
+    let api = info["api_url"].as_str().unwrap();
+    let rt = tokenops_tests::runtime("openapi-planes").await;
+    let get = |base: String| async move {
+        let body = reqwest::get(format!("{base}/openapi.json"))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let mut doc: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(doc["servers"][0]["url"], base.as_str());
+        doc.as_object_mut().unwrap().remove("servers");
+        doc
+    };
+    let aws = get(api.to_string()).await;
+    let local = get(rt.base_url.clone()).await;
+    assert!(aws == local, "the two planes serve different documents");
+    rt.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicated_messages_and_retried_tasks_have_one_effect() {
     let _serial = SERIAL.lock().await;
