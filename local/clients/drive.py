@@ -13,6 +13,7 @@ import argparse
 import base64
 import http.server
 import json
+import pathlib
 import sys
 import threading
 import time
@@ -51,28 +52,8 @@ def callback_endpoint():
     return f"http://127.0.0.1:{server.server_address[1]}/callback", received
 
 
-def evidence(ent_id, settlement_id):
-    """The evidence of a complete, consistent run (local/src/agent.rs `full_evidence`)."""
-    suffix = settlement_id.split("_", 1)[1]
-    return {
-        "records": [
-            {"category": "settlement_reference", "name": "tokenops-demo-settlement-reference.json",
-             "data": {"settlement_reference": settlement_id, "provider": "test_provider", "invoice_token": "inv_demo_001"}},
-            {"category": "payment_request", "name": "payment-request.json",
-             "data": {"provider": "test_provider", "settlement_reference": settlement_id, "payment_request_id": f"payreq_{suffix}"}},
-            {"category": "credit_ledger_entry", "name": "credit-ledger.json",
-             "data": {"credit_entitlement_id": ent_id, "credits": 10}},
-            {"category": "work_order", "name": "work-order.json",
-             "data": {"requested_tool": "tokenops", "requested_capability": "tokenops_result_package", "operating_goal": "review token settlement evidence"}},
-            {"category": "usage_receipt", "name": "tokenops-demo-usage-receipt.json",
-             "data": {"credit_entitlement_id": ent_id, "receipt_id": "usage_demo_20260602_001", "credits_debited": 1}},
-        ],
-        "file_manifest": [
-            {"name": "settlement-export.csv", "media_type": "text/csv", "size": 2048,
-             "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"},
-        ],
-    }
-
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+import evidence  # noqa: E402  (local/evidence.py: the bundles every driver sends)
 
 def verify_attestation(att, keys):
     """DSSE over Ed25519, offline: the signature over PAE(payloadType, payload) by a published
@@ -139,7 +120,7 @@ def main():
         "trust_profile_id": agent.trust_profile_id, "quote_id": quote.quote_id,
         "credit_entitlement_id": ent_id, "requested_tool": "tokenops",
         "requested_capability": "tokenops_result_package",
-        "evidence": evidence(ent_id, route.settlement_id), "callback_url": callback_url})), "createRun")
+        "evidence": evidence.full(ent_id, route.settlement_id), "callback_url": callback_url})), "createRun")
     deadline = time.monotonic() + 120
     while True:
         run = ok(get_run.sync(accepted.run_id, client=client), "getRun").to_dict()

@@ -9,8 +9,10 @@
 // Prints one JSON report; exits non-zero with the reason if any step fails.
 
 import { createPublicKey, verify } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
+import { resolve } from "node:path";
 
 import createClient from "openapi-fetch";
 
@@ -43,27 +45,18 @@ async function callbackEndpoint(): Promise<{ url: string; received: () => number
   return { url: `http://127.0.0.1:${port}/callback`, received: () => count, close: () => server.close() };
 }
 
-/** The evidence of a complete, consistent run (local/src/agent.rs `full_evidence`). */
+/** The evidence of a complete, consistent run: events/evidence/full.json, the bundle every
+ *  driver sends (local/src/agent.rs, local/evidence.py), its ids filled in. */
 function evidence(entId: string, settlementId: string): Schemas["EvidenceBundle"] {
-  const suffix = settlementId.split("_").slice(1).join("_");
-  return {
-    records: [
-      { category: "settlement_reference", name: "tokenops-demo-settlement-reference.json",
-        data: { settlement_reference: settlementId, provider: "test_provider", invoice_token: "inv_demo_001" } },
-      { category: "payment_request", name: "payment-request.json",
-        data: { provider: "test_provider", settlement_reference: settlementId, payment_request_id: `payreq_${suffix}` } },
-      { category: "credit_ledger_entry", name: "credit-ledger.json",
-        data: { credit_entitlement_id: entId, credits: 10 } },
-      { category: "work_order", name: "work-order.json",
-        data: { requested_tool: "tokenops", requested_capability: "tokenops_result_package", operating_goal: "review token settlement evidence" } },
-      { category: "usage_receipt", name: "tokenops-demo-usage-receipt.json",
-        data: { credit_entitlement_id: entId, receipt_id: "usage_demo_20260602_001", credits_debited: 1 } },
-    ],
-    file_manifest: [
-      { name: "settlement-export.csv", media_type: "text/csv", size: 2048,
-        sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08" },
-    ],
+  const ids: Record<string, string> = {
+    credit_entitlement_id: entId,
+    settlement_id: settlementId,
+    payment_request_id: `payreq_${settlementId.split("_").slice(1).join("_")}`,
   };
+  // The compiled driver runs from local/clients/generated/build.
+  const template = readFileSync(resolve(__dirname, "../../../../events/evidence/full.json"), "utf8");
+  const filled = template.replace(/\{\{(\w+)\}\}/g, (_, name: string) => ids[name] ?? "");
+  return JSON.parse(filled) as Schemas["EvidenceBundle"];
 }
 
 /** DSSE over Ed25519, offline: a published key's signature over PAE(payloadType, payload), and

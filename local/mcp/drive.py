@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import pathlib
 import sys
 import time
 
@@ -26,29 +27,10 @@ from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
 
-def full_evidence(ent_id, settlement_id):
-    """The evidence of a complete, consistent run (local/src/agent.rs `full_evidence`)."""
-    suffix = settlement_id.split("_", 1)[1]
-    return {
-        "records": [
-            {"category": "settlement_reference", "name": "tokenops-demo-settlement-reference.json",
-             "data": {"settlement_reference": settlement_id, "provider": "test_provider", "invoice_token": "inv_demo_001"}},
-            {"category": "payment_request", "name": "payment-request.json",
-             "data": {"provider": "test_provider", "settlement_reference": settlement_id, "payment_request_id": f"payreq_{suffix}"}},
-            {"category": "credit_ledger_entry", "name": "credit-ledger.json",
-             "data": {"credit_entitlement_id": ent_id, "credits": 10}},
-            {"category": "work_order", "name": "work-order.json",
-             "data": {"requested_tool": "tokenops", "requested_capability": "tokenops_result_package", "operating_goal": "review token settlement evidence"}},
-            {"category": "usage_receipt", "name": "tokenops-demo-usage-receipt.json",
-             "data": {"credit_entitlement_id": ent_id, "receipt_id": "usage_demo_20260602_001", "credits_debited": 1}},
-        ],
-        "file_manifest": [
-            {"name": "settlement-export.csv", "media_type": "text/csv", "size": 2048,
-             "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"},
-            {"name": "work-order.pdf", "media_type": "application/pdf", "size": 8192,
-             "sha256": "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752"},
-        ],
-    }
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+import evidence  # noqa: E402  (local/evidence.py: the bundles every driver sends)
+
+full_evidence = evidence.full
 
 
 GAP = ("payment_request", "usage_receipt")

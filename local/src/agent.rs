@@ -241,39 +241,38 @@ impl Agent {
     }
 }
 
-/// The evidence of a complete, consistent run (all six categories; the seed's names).
+/// The evidence bundles every driver sends — this agent, the MCP and typed-client drivers
+/// (local/mcp, local/clients, local/x402) — from one place, `events/evidence/`, ids filled in.
+fn evidence(template: &str, ids: &[(&str, &str)]) -> Value {
+    let mut text = template.to_string();
+    for (name, value) in ids {
+        text = text.replace(&format!("{{{{{name}}}}}"), value);
+    }
+    // The templates are part of the build; `evidence_templates_are_json` holds them to it.
+    serde_json::from_str(&text).unwrap_or(Value::Null)
+}
+
+const FULL_EVIDENCE: &str = include_str!("../../events/evidence/full.json");
+const PAID_EVIDENCE: &str = include_str!("../../events/evidence/paid.json");
+
+/// The evidence of a complete, consistent run.
 pub fn full_evidence(ent_id: &str, settlement_id: &str) -> Value {
-    json!({
-        "records": [
-            {"category": "settlement_reference", "name": "tokenops-demo-settlement-reference.json", "data": {"settlement_reference": settlement_id, "provider": "test_provider", "invoice_token": "inv_demo_001"}},
-            {"category": "payment_request", "name": "payment-request.json", "data": {"provider": "test_provider", "settlement_reference": settlement_id, "payment_request_id": format!("payreq_{}", tokenops::ids::suffix(settlement_id))}},
-            {"category": "credit_ledger_entry", "name": "credit-ledger.json", "data": {"credit_entitlement_id": ent_id, "credits": 10}},
-            {"category": "work_order", "name": "work-order.json", "data": {"requested_tool": "tokenops", "requested_capability": "tokenops_result_package", "operating_goal": "review token settlement evidence"}},
-            {"category": "usage_receipt", "name": "tokenops-demo-usage-receipt.json", "data": {"credit_entitlement_id": ent_id, "receipt_id": "usage_demo_20260602_001", "credits_debited": 1}}
+    let payment_request = format!("payreq_{}", tokenops::ids::suffix(settlement_id));
+    evidence(
+        FULL_EVIDENCE,
+        &[
+            ("credit_entitlement_id", ent_id),
+            ("settlement_id", settlement_id),
+            ("payment_request_id", &payment_request),
         ],
-        "file_manifest": [
-            {"name": "settlement-export.csv", "media_type": "text/csv", "size": 2048, "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"},
-            {"name": "work-order.pdf", "media_type": "application/pdf", "size": 8192, "sha256": "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752"}
-        ]
-    })
+    )
 }
 
 /// Evidence for a run paid over x402 in its own request: the settlement is an x402 one, and the
 /// ledger entry and usage receipt name the quote (the entitlement is created by the paying
 /// request, so it cannot be named in advance).
 pub fn paid_evidence(quote_id: &str) -> Value {
-    json!({
-        "records": [
-            {"category": "settlement_reference", "name": "settlement.json", "data": {"settlement_reference": "x402-exact", "provider": "x402"}},
-            {"category": "payment_request", "name": "payment-request.json", "data": {"provider": "x402", "settlement_reference": "x402-exact"}},
-            {"category": "credit_ledger_entry", "name": "credit-ledger.json", "data": {"credit_entitlement_id": quote_id, "credits": 10}},
-            {"category": "work_order", "name": "work-order.json", "data": {"requested_tool": "tokenops", "requested_capability": "tokenops_result_package"}},
-            {"category": "usage_receipt", "name": "usage-receipt.json", "data": {"credit_entitlement_id": quote_id, "credits_debited": 1}}
-        ],
-        "file_manifest": [
-            {"name": "settlement-export.csv", "media_type": "text/csv", "size": 2048, "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}
-        ]
-    })
+    evidence(PAID_EVIDENCE, &[("quote_id", quote_id)])
 }
 
 /// The seed's partial case: payment request and usage receipt missing.
@@ -421,4 +420,24 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
         String::from_utf8_lossy(&body).into_owned(),
     ]);
     StatusCode::NO_CONTENT
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn evidence_templates_are_json_with_every_id_filled() {
+        let full = super::full_evidence("cred_1", "stl_01abc");
+        assert_eq!(full["records"].as_array().unwrap().len(), 5);
+        assert!(!full.to_string().contains("{{"), "{full}");
+        assert_eq!(
+            full["records"][1]["data"]["payment_request_id"],
+            "payreq_01abc"
+        );
+        let paid = super::paid_evidence("quote_1");
+        assert_eq!(
+            paid["records"][2]["data"]["credit_entitlement_id"],
+            "quote_1"
+        );
+        assert!(!paid.to_string().contains("{{"), "{paid}");
+    }
 }

@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import pathlib
 import sys
 import time
 
@@ -34,27 +35,8 @@ class Failed(Exception):
     pass
 
 
-def evidence(quote_id):
-    """The evidence of a run paid per run (local/src/agent.rs `paid_evidence`)."""
-    return {
-        "records": [
-            {"category": "settlement_reference", "name": "settlement.json",
-             "data": {"settlement_reference": "x402-exact", "provider": "x402"}},
-            {"category": "payment_request", "name": "payment-request.json",
-             "data": {"provider": "x402", "settlement_reference": "x402-exact"}},
-            {"category": "credit_ledger_entry", "name": "credit-ledger.json",
-             "data": {"credit_entitlement_id": quote_id, "credits": 10}},
-            {"category": "work_order", "name": "work-order.json",
-             "data": {"requested_tool": "tokenops", "requested_capability": "tokenops_result_package"}},
-            {"category": "usage_receipt", "name": "usage-receipt.json",
-             "data": {"credit_entitlement_id": quote_id, "credits_debited": 1}},
-        ],
-        "file_manifest": [
-            {"name": "settlement-export.csv", "media_type": "text/csv", "size": 2048,
-             "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"},
-        ],
-    }
-
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+import evidence  # noqa: E402  (local/evidence.py: the bundles every driver sends)
 
 async def call(session, name, args):
     r = await session.call_tool(name, args)
@@ -158,7 +140,7 @@ async def main():
         run_args = {
             "trust_profile_id": agent["trust_profile_id"], "quote_id": quote["quote_id"],
             "requested_tool": "tokenops", "requested_capability": "tokenops_result_package",
-            "evidence": evidence(quote["quote_id"]), "callback_url": args.callback}
+            "evidence": evidence.paid(quote["quote_id"]), "callback_url": args.callback}
 
         # What a client without x402 sees: the payment-required tool result, nothing written.
         out["unpaid"] = payment_required_of(await session.call_tool("submit_run", run_args))

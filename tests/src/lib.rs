@@ -138,3 +138,38 @@ pub async fn emulator_info() -> Option<Value> {
     Some(serde_json::from_slice(&body).expect("emulator info is JSON"))
 }
 pub mod x402;
+
+/// Runs an agent script (`local/mcp/drive.py`, `local/x402/mcp_pay.py`) that prints the agent's
+/// callback signing secret as its first JSON line — handed to `receiver` before the run's
+/// callback arrives — and then its report; returns the report. Fails the test if the script
+/// fails or takes longer than `limit`.
+pub async fn run_agent_script(
+    mut cmd: tokio::process::Command,
+    name: &str,
+    receiver: &Receiver,
+    limit: std::time::Duration,
+) -> Value {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{name} runs: {e}"));
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut report = None;
+    let read = async {
+        while let Some(line) = lines.next_line().await.expect("the script's output") {
+            let v: Value = serde_json::from_str(&line).expect("a JSON line");
+            match v["callback_signing_secret"].as_str() {
+                Some(secret) => receiver.add_secret(secret),
+                None => report = Some(v),
+            }
+        }
+    };
+    tokio::time::timeout(limit, read)
+        .await
+        .unwrap_or_else(|_| panic!("{name} finishes within {limit:?}"));
+    let status = child.wait().await.unwrap();
+    assert!(status.success(), "{name} failed (its stderr is above)");
+    report.unwrap_or_else(|| panic!("{name}'s report"))
+}

@@ -5,12 +5,10 @@
 //! passes (CI sets `TOKENOPS_REQUIRE_MCP`). Paying the tools over x402: tests/tests/x402.rs.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
 use tokenops_local::agent::{full_evidence, Agent, Receiver};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 use tokenops_tests::{tokenops_binary as binary, workspace};
 
@@ -45,31 +43,11 @@ async fn drive(
     receiver: &Receiver,
     transport: &[String],
 ) -> Value {
-    let mut child = tokio::process::Command::new(python)
-        .arg(workspace().join("local/mcp/drive.py"))
+    let mut cmd = tokio::process::Command::new(python);
+    cmd.arg(workspace().join("local/mcp/drive.py"))
         .args(transport)
-        .args(["--api", api, "--callback", cb])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python runs");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut report = None;
-    let read = async {
-        while let Some(line) = lines.next_line().await.expect("drive.py output") {
-            let v: Value = serde_json::from_str(&line).expect("a JSON line");
-            match v["callback_signing_secret"].as_str() {
-                Some(secret) => receiver.add_secret(secret),
-                None => report = Some(v),
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(180), read)
-        .await
-        .expect("drive.py finishes");
-    let status = child.wait().await.unwrap();
-    assert!(status.success(), "drive.py failed (its stderr is above)");
-    report.expect("drive.py's report")
+        .args(["--api", api, "--callback", cb]);
+    tokenops_tests::run_agent_script(cmd, "drive.py", receiver, Duration::from_secs(180)).await
 }
 
 /// Subscribed to the waiting run of the evidence gap, the agent heard it change until it was

@@ -11,7 +11,6 @@ use tokenops_local::agent::{Agent, Receiver};
 use tokenops_local::runtime::{Options, Runtime};
 use tokenops_tests::x402::{self, balance, pay_py, post_paid, receipt_status, rpc};
 use tokenops_tests::{item_count, temp_dir, wait_delivered};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -830,34 +829,13 @@ async fn mcp_pay(
     receiver: &Receiver,
     key: &str,
 ) -> Value {
-    let script = tokenops_tests::workspace().join("local/x402/mcp_pay.py");
-    let mut child = tokio::process::Command::new(peers["python"].as_str().unwrap())
-        .arg(script)
+    let mut cmd = tokio::process::Command::new(peers["python"].as_str().unwrap());
+    cmd.arg(tokenops_tests::workspace().join("local/x402/mcp_pay.py"))
         .args(transport)
         .args(["--callback", cb, "--payer-key", key])
         .args(["--network", peers["network"].as_str().unwrap()])
-        .args(["--asset", peers["asset"].as_str().unwrap()])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("mcp_pay.py runs");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut report = None;
-    let read = async {
-        while let Some(line) = lines.next_line().await.expect("mcp_pay.py output") {
-            let v: Value = serde_json::from_str(&line).expect("a JSON line");
-            match v["callback_signing_secret"].as_str() {
-                Some(secret) => receiver.add_secret(secret),
-                None => report = Some(v),
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(240), read)
-        .await
-        .expect("mcp_pay.py finishes");
-    let status = child.wait().await.unwrap();
-    assert!(status.success(), "mcp_pay.py failed (its stderr is above)");
-    report.expect("mcp_pay.py's report")
+        .args(["--asset", peers["asset"].as_str().unwrap()]);
+    tokenops_tests::run_agent_script(cmd, "mcp_pay.py", receiver, Duration::from_secs(240)).await
 }
 
 /// x402 over MCP (issue 11): an x402-capable MCP client — the official x402 SDK's MCP payer

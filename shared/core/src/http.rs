@@ -34,10 +34,11 @@ impl ApiRequest {
         let headers = parts
             .headers
             .iter()
-            .filter_map(|(k, v)| {
-                v.to_str()
-                    .ok()
-                    .map(|v| (k.as_str().to_ascii_lowercase(), v.to_string()))
+            // Kept even when not visible ASCII, so a malformed value is refused by its check
+            // (e.g. a non-ASCII Idempotency-Key is a 400) instead of read as absent.
+            .map(|(k, v)| {
+                let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                (k.as_str().to_ascii_lowercase(), v)
             })
             .collect();
         ApiRequest {
@@ -523,6 +524,24 @@ mod tests {
         assert_eq!((e.status, e.field.as_deref()), (404, Some("run_id")));
         assert!(check_query_ids(&parse_query("run_id=run_01abc&limit=5")).is_ok());
         assert!(check_query_ids(&parse_query("run_id=")).is_err());
+    }
+
+    #[test]
+    fn a_header_that_is_not_ascii_is_kept_for_its_check_not_dropped() {
+        let (parts, ()) = http::Request::builder()
+            .header(
+                "idempotency-key",
+                http::HeaderValue::from_bytes("clé".as_bytes()).unwrap(),
+            )
+            .body(())
+            .unwrap()
+            .into_parts();
+        let req = ApiRequest::from_http(&parts, Vec::new());
+        let key = req.header("idempotency-key").expect("kept");
+        assert!(
+            !key.bytes().all(|b| b.is_ascii_graphic()),
+            "so the key check refuses it"
+        );
     }
 
     #[test]
