@@ -33,60 +33,100 @@ fn free_port() -> u16 {
 }
 
 /// A `tokenops serve` child that is killed when dropped: a failing test must not leave a
-/// server running (and writing its data dir) after it.
-struct Server(Child);
-
-impl std::ops::Deref for Server {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
+/// server running (and writing its data dir) after it. Its stderr goes to a file in the data
+/// dir so that a server that exits early says why.
+struct Server {
+    child: Child,
+    log: std::path::PathBuf,
 }
 
-impl std::ops::DerefMut for Server {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
+impl Server {
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the API answers; a server that exits first fails the wait with its exit
+    /// status and stderr instead of a silent timeout.
+    async fn up(&mut self, base: &str) -> Result<(), String> {
+        let start = Instant::now();
+        while reqwest::get(format!("{base}/manifest")).await.is_err() {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Err(format!(
+                    "tokenops serve exited ({status}) before answering:\n{}",
+                    self.stderr()
+                ));
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                return Err(format!(
+                    "tokenops serve did not answer in 60 s:\n{}",
+                    self.stderr()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    fn kill(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.0.kill().ok();
-        self.0.wait().ok();
+        self.kill();
     }
 }
 
-fn serve(dir: &std::path::Path, port: u16, crash_after: Option<&str>) -> Server {
-    let mut cmd = Command::new(binary());
-    cmd.args(["serve", "--port", &port.to_string(), "--data-dir"])
+fn spawn_serve(dir: &std::path::Path, port: u16, extra: &[&str]) -> Server {
+    static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    std::fs::create_dir_all(dir).unwrap();
+    let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let log = dir.join(format!("serve-{n}.log"));
+    let child = Command::new(binary())
+        .args(["serve", "--port", &port.to_string(), "--data-dir"])
         .arg(dir)
+        .args(extra)
         .env("TOKENOPS_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    if let Some(s) = crash_after {
-        cmd.args(["--crash-after-state", s]);
-    }
-    Server(cmd.spawn().expect("tokenops serve starts"))
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("tokenops serve starts");
+    Server { child, log }
 }
 
-async fn wait_up(base: &str) {
-    let start = Instant::now();
-    while reqwest::get(format!("{base}/manifest")).await.is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "server did not come up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+/// The first start picks a free port. Another socket of the test process can take that port
+/// between the pick and the child's bind; then the child says so and exits, and a new port is
+/// picked. Restarts keep the port (agents hold the base URL), as after a real crash.
+async fn serve_on_free_port(dir: &std::path::Path, extra: &[&str]) -> (Server, u16) {
+    let mut last = String::new();
+    for _ in 0..5 {
+        let port = free_port();
+        let mut server = spawn_serve(dir, port, extra);
+        match server.up(&format!("http://127.0.0.1:{port}")).await {
+            Ok(()) => return (server, port),
+            Err(e) if e.contains("cannot listen on") => last = e,
+            Err(e) => panic!("{e}"),
+        }
     }
+    panic!("no free port after 5 tries: {last}")
+}
+
+async fn restart(dir: &std::path::Path, port: u16, extra: &[&str]) -> Server {
+    let mut server = spawn_serve(dir, port, extra);
+    if let Err(e) = server.up(&format!("http://127.0.0.1:{port}")).await {
+        panic!("restart on port {port}: {e}");
+    }
+    server
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runtime_killed_mid_run_resumes_on_restart() {
     let dir = tokenops_tests::temp_dir("resume");
-    let port = free_port();
+    let (mut first, port) =
+        serve_on_free_port(&dir, &["--crash-after-state", "ResultContract"]).await;
     let base = format!("http://127.0.0.1:{port}");
-    let mut first = serve(&dir, port, Some("ResultContract"));
-    wait_up(&base).await;
 
     let receiver = Receiver::default();
     let cb = receiver.start().await.unwrap();
@@ -106,7 +146,7 @@ async fn runtime_killed_mid_run_resumes_on_restart() {
     // The process dies right after the ResultContract checkpoint (exit code 86 = fault injection).
     let start = Instant::now();
     let status = loop {
-        if let Some(s) = first.try_wait().unwrap() {
+        if let Some(s) = first.child.try_wait().unwrap() {
             break s;
         }
         assert!(
@@ -121,8 +161,7 @@ async fn runtime_killed_mid_run_resumes_on_restart() {
         "no callback before the crash"
     );
 
-    let mut second = serve(&dir, port, None);
-    wait_up(&base).await;
+    let mut second = restart(&dir, port, &[]).await;
     let done = agent
         .wait(&format!("/runs/{run_id}"), Duration::from_secs(60), |r| {
             r["state"] == "callback_delivered" && r["attested"] == true
@@ -143,8 +182,7 @@ async fn runtime_killed_mid_run_resumes_on_restart() {
         agent.ok("GET", "/ledger/verify", None).await.unwrap()["valid"],
         true
     );
-    second.kill().ok();
-    second.wait().ok();
+    second.kill();
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -155,28 +193,9 @@ async fn runtime_killed_mid_run_resumes_on_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn repeated_kills_lose_no_run_and_no_payment() {
     let dir = tokenops_tests::temp_dir("kills");
-    let port = free_port();
+    let relaying = ["--relay-after-secs", "2"];
+    let (mut server, port) = serve_on_free_port(&dir, &relaying).await;
     let base = format!("http://127.0.0.1:{port}");
-    let serve_relaying = || {
-        Command::new(binary())
-            .args([
-                "serve",
-                "--port",
-                &port.to_string(),
-                "--relay-after-secs",
-                "2",
-                "--data-dir",
-            ])
-            .arg(&dir)
-            .env("TOKENOPS_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map(Server)
-            .expect("tokenops serve starts")
-    };
-    let mut server = serve_relaying();
-    wait_up(&base).await;
     let receiver = Receiver::default();
     let cb = receiver.start().await.unwrap();
     let agent = Agent::onboard(&base, "kill-agent", &cb).await.unwrap();
@@ -222,8 +241,7 @@ async fn repeated_kills_lose_no_run_and_no_payment() {
                 .flatten(),
         ];
         tokio::time::sleep(Duration::from_millis(15 * (k % 8))).await;
-        server.kill().ok(); // SIGKILL
-        server.wait().ok();
+        server.kill(); // SIGKILL
         while let Some(r) = burst.join_next().await {
             done.push(Some(r));
         }
@@ -234,8 +252,7 @@ async fn repeated_kills_lose_no_run_and_no_payment() {
                 None => {}
             }
         }
-        server = serve_relaying();
-        wait_up(&base).await;
+        server = restart(&dir, port, &relaying).await;
     }
     eprintln!(
         "{kills} kills: {} runs and {} payment requests accepted",
@@ -322,7 +339,6 @@ async fn repeated_kills_lose_no_run_and_no_payment() {
         agent.ok("GET", "/ledger/verify", None).await.unwrap()["valid"],
         true
     );
-    server.kill().ok();
-    server.wait().ok();
+    server.kill();
     let _ = std::fs::remove_dir_all(&dir);
 }
