@@ -45,6 +45,10 @@ enum Cmd {
         /// failures not handled) older than this are acted on again.
         #[arg(long, default_value_t = 30)]
         relay_after_secs: u64,
+        /// fsync every commit of the embedded store (SQLite synchronous=FULL), so that commits
+        /// also survive an OS crash or power loss; by default they survive a killed process.
+        #[arg(long)]
+        fsync_each_commit: bool,
         #[command(flatten)]
         x402: X402Args,
     },
@@ -237,10 +241,12 @@ async fn main() -> ExitCode {
             data_dir,
             crash_after_state,
             relay_after_secs,
+            fsync_each_commit,
             x402,
         } => {
             init_logs("info,dynoxide=error");
             let mut opts = Options::new(data_dir, port);
+            opts.fsync_each_commit = fsync_each_commit;
             opts.x402 = match x402.config() {
                 Ok(c) => c,
                 Err(e) => {
