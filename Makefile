@@ -17,8 +17,8 @@ serve:
 
 # Every test: builds all binaries, installs the Python tools into .venv, starts moto +
 # `tokenops emulator`, runs `cargo test --workspace` against them, stops them, then runs
-# scripts/schemathesis (the OpenAPI document against `tokenops serve`) and scripts/check-infra
-# (scripts/test-all).
+# scripts/mcp-inspector, scripts/schemathesis and scripts/clients; scripts/check-infra runs
+# beside all of it at nice 19 (scripts/test-all).
 test:
 	scripts/test-all
 

@@ -166,8 +166,8 @@ impl Runtime {
         let db = dynoxide::Database::new(&db_path.to_string_lossy())
             .map_err(|e| RuntimeError::Engine(e.to_string()))?;
         // dynoxide opens its SQLite file in WAL mode with SQLite's default synchronous=FULL: an
-        // fsync per commit, and commits are serialized, so on this VM's disk the fsyncs capped
-        // the loop at a third less throughput (`make bench` at 16: 34 runs/s, 51 on tmpfs).
+        // fsync per commit, and commits are serialized, so on this VM's disk the fsyncs cost a
+        // third of the loop's throughput (`make bench` at 16: 34 runs/s, 51 on tmpfs).
         // synchronous=NORMAL keeps a WAL commit across a killed process (the resume tests kill
         // `tokenops serve` mid-run) and the file consistent; only an OS crash or power loss may
         // roll back the last commits. `disable_bulk_loading` is dynoxide's setter for its normal
