@@ -79,11 +79,11 @@ const NEEDS: &[(&str, &[(&str, &str)])] = &[
     (
         "queue",
         &[
-            ("GetItem", "run loads (stage::advance, load_run); heartbeat; contract, hold, callback record, exception ticket"),
-            ("Query", "GET /queue: pending_for_agent (PENDING); relay: PENDING, PAYREQ, FAILING outboxes; x402 reconciler: X402PEND"),
-            ("PutItem", "queue_state object + run save; failure: ticket, FAILING entry, callback record; redrive: ticket; relay: outbox bump (put_if), failed route; ledger entries (ledger::append_once)"),
+            ("GetItem", "run loads (stage::advance, load_run); heartbeat; contract, hold, callback record, exception ticket; ledger head and seals (ledger::append)"),
+            ("Query", "GET /queue: pending_for_agent (PENDING); relay: PENDING, PAYREQ, FAILING outboxes; x402 reconciler: X402PEND; ledger pages (ledger::append)"),
+            ("PutItem", "queue_state object + run save; failure: ticket, FAILING entry, callback record; redrive: ticket; relay: outbox bump (put_if), failed route; ledger lease, page, block, seal and head (ledger::append)"),
             ("UpdateItem", "failure: money::release_failed; redrive: money::rehold; relay fail_payment: entitlement failed"),
-            ("DeleteItem", "dispatched_write (PENDING entry), FAILING entry cleared, payment outbox entry (payment_settled_write)"),
+            ("DeleteItem", "dispatched_write (PENDING entry), FAILING entry cleared, payment outbox entry (payment_settled_write); sealed ledger pages (ledger::append)"),
         ],
     ),
     (
@@ -126,9 +126,10 @@ const NEEDS: &[(&str, &[(&str, &str)])] = &[
     (
         "ledger",
         &[
-            ("GetItem", "chain head (append_once), run load; auth"),
-            ("Query", "GET /ledger, GET /ledger/verify: the agent's entries (LEDGER#<agent>, E#)"),
-            ("PutItem", "ledger entries (Write::create) and the head (put_if on seq) + run save"),
+            ("GetItem", "chain head and a page's seal (ledger::append), run load; auth"),
+            ("Query", "pending pages (P#) under the lease; GET /ledger, GET /ledger/verify: the agent's blocks (E#)"),
+            ("PutItem", "the lease (put_if on the head), a pending page, blocks and seals (Write::create), the head + run save"),
+            ("DeleteItem", "sealed pages (ledger::append)"),
         ],
     ),
     (

@@ -67,7 +67,9 @@ contract!(
     racing_creates_have_one_winner,
     idempotent_replay_runs_the_operation_once,
     idempotency_keys_are_scoped_per_agent,
-    a_key_the_engine_refuses_is_invalid_not_unavailable;
+    a_key_the_engine_refuses_is_invalid_not_unavailable,
+    ledger_appends_chain_each_page_once,
+    a_lapsed_ledger_lease_is_taken_over;
     // moto 5.2.5 does not isolate concurrent TransactWriteItems: each call snapshots the tables,
     // applies its writes and, on a failed condition, restores the snapshot — without a lock, so
     // a refused transaction can undo another's committed write (seen: 11 of 20 racing debits of
@@ -78,6 +80,7 @@ contract!(
     // executions: 11 debits of 10 from 100 succeeded), so the debit race is embedded-only too.
     embedded_only: racing_transactions_are_isolated,
     racing_debits_never_overspend,
+    racing_ledger_appends_lose_no_transaction,
     racing_same_key_requests_have_one_effect,
 );
 
@@ -288,6 +291,7 @@ fn conds_on_seed() -> Vec<(Vec<Cond>, bool)> {
     let eq = |a: &str, v: &str| Cond::AttrEq(s(a), s(v));
     let num = |a: &str, v| Cond::NumEq(s(a), v);
     let least = |a: &str, v| Cond::NumAtLeast(s(a), v);
+    let lapsed = |a: &str, v| Cond::NumAbsentOrAtMost(s(a), v);
     vec![
         (vec![Cond::Exists], true),
         (vec![Cond::NotExists], false),
@@ -301,6 +305,12 @@ fn conds_on_seed() -> Vec<(Vec<Cond>, bool)> {
         (vec![least("available", 9)], true),
         (vec![least("available", 11)], false),
         (vec![least("absent", 0)], false),
+        // A lease: free when its expiry is absent or not after now.
+        (vec![lapsed("available", 10)], true),
+        (vec![lapsed("available", 11)], true),
+        (vec![lapsed("available", 9)], false),
+        (vec![lapsed("absent", 0)], true),
+        (vec![lapsed("available", 10), num("version", 4)], false),
         (
             vec![
                 Cond::Exists,
@@ -330,6 +340,7 @@ fn conds_on_missing() -> Vec<(Vec<Cond>, bool)> {
         (vec![Cond::AttrEq(s("status"), s("held"))], false),
         (vec![Cond::NumEq(s("version"), 0)], false),
         (vec![Cond::NumAtLeast(s("available"), 0)], false),
+        (vec![Cond::NumAbsentOrAtMost(s("lease_until"), 0)], true),
     ]
 }
 
@@ -1051,4 +1062,202 @@ async fn racing_same_key_requests_have_one_effect(store: DynamoStore) {
     assert_eq!(effects(&store).await, 1, "the effect happened once");
     let ran = calls.load(Ordering::SeqCst);
     assert!((1..=8).contains(&ran), "the operation ran {ran} times");
+}
+
+// ---- the ledger chain (functions/ledger/src/chain.rs) ------------------------------------------
+
+fn ledger_page(page: &str, n: usize) -> ledger::Page {
+    ledger::Page {
+        page: page.into(),
+        run_id: format!("run_{page}"),
+        entries: (0..n)
+            .map(|i| ledger::NewEntry {
+                entry_type: format!("object_{i}"),
+                object_id: format!("{page}_{i}"),
+                object_digest: sha256_hex(format!("{page}/{i}").as_bytes()),
+                credits: (i == 0).then_some(-1),
+            })
+            .collect(),
+    }
+}
+
+/// Each page's entries appear once, together, in a chain that verifies.
+async fn chain_holds_pages_once(
+    store: &DynamoStore,
+    agent: &str,
+    pages: &[String],
+    per_page: usize,
+) {
+    let chain = ledger::entries(store, agent).await.unwrap();
+    let report = tokenops::proof::ledger::verify_chain(&chain);
+    assert!(report.valid, "the chain verifies: {report:?}");
+    assert_eq!(chain.len(), pages.len() * per_page, "every entry once");
+    for p in pages {
+        let seqs: Vec<u64> = chain
+            .iter()
+            .filter(|e| e.run_id == format!("run_{p}"))
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs.len(), per_page, "page {p} once");
+        assert!(
+            seqs.windows(2).all(|w| w[1] == w[0] + 1),
+            "page {p} in one block: {seqs:?}"
+        );
+    }
+}
+
+/// Appends one after another; a repeated append (a retried task) returns the same last entry and
+/// appends nothing; the caller's writes go with the append that sealed its own page.
+async fn ledger_appends_chain_each_page_once(store: DynamoStore) {
+    let agent = "agent_chain";
+    let pages: Vec<String> = (0..5).map(|i| format!("p{i}")).collect();
+    for p in &pages {
+        let marker = Key::object(&format!("marker_{p}"));
+        let a = ledger::append(&store, agent, &ledger_page(p, 3), |last| {
+            Ok(vec![Write::create(Item::new(
+                marker.clone(),
+                "marker",
+                None,
+                json!({"seq": last.seq}),
+            ))])
+        })
+        .await
+        .unwrap();
+        assert!(a.with_applied, "an uncontended append seals its own page");
+        assert_eq!(get(&store, &marker).await.unwrap().doc["seq"], a.last.seq);
+        let again = ledger::append(&store, agent, &ledger_page(p, 3), |_| Ok(vec![]))
+            .await
+            .unwrap();
+        assert_eq!(
+            again.last, a.last,
+            "a repeated append returns the first one's last entry"
+        );
+        assert!(!again.with_applied);
+    }
+    chain_holds_pages_once(&store, agent, &pages, 3).await;
+    // A page written again after it was sealed (a retried task racing a sealer) is cleared by
+    // the next sealer, not chained twice.
+    let stray = Item::new(
+        Key::new(format!("LEDGER#{agent}"), "P#p0"),
+        "ledger_page",
+        Some(agent),
+        serde_json::to_value(ledger_page("p0", 3)).unwrap(),
+    );
+    store.transact(vec![Write::put(stray)]).await.unwrap();
+    let mut all = pages.clone();
+    all.push("p5".into());
+    ledger::append(&store, agent, &ledger_page("p5", 3), |_| Ok(vec![]))
+        .await
+        .unwrap();
+    chain_holds_pages_once(&store, agent, &all, 3).await;
+    assert!(
+        store
+            .query(&format!("LEDGER#{agent}"), "P#", None)
+            .await
+            .unwrap()
+            .is_empty(),
+        "no page left pending"
+    );
+}
+
+/// A sealer that crashed holding the lease blocks the chain only until the lease lapses.
+async fn a_lapsed_ledger_lease_is_taken_over(store: DynamoStore) {
+    let agent = "agent_lapsed";
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let crashed = Item::new(
+        Key::new(format!("LEDGER#{agent}"), "HEAD"),
+        "ledger_head",
+        Some(agent),
+        Value::Null,
+    )
+    .num("seq", 0)
+    .num("lease_until", now_ms + 300)
+    .attr("holder", "lease_crashed");
+    store.transact(vec![Write::put(crashed)]).await.unwrap();
+    let a = ledger::append(&store, agent, &ledger_page("q0", 2), |_| Ok(vec![]))
+        .await
+        .unwrap();
+    assert_eq!(a.last.seq, 2);
+    chain_holds_pages_once(&store, agent, &["q0".to_string()], 2).await;
+}
+
+/// The store, counting the multi-item transactions it refused (a lost seal would be one).
+#[derive(Clone)]
+struct CountingRefusals {
+    inner: DynamoStore,
+    refused: Arc<AtomicUsize>,
+}
+
+impl Store for CountingRefusals {
+    async fn get(&self, key: &Key) -> Result<Option<Item>, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn query(
+        &self,
+        pk: &str,
+        sk: &str,
+        limit: Option<usize>,
+    ) -> Result<Vec<Item>, StoreError> {
+        self.inner.query(pk, sk, limit).await
+    }
+    async fn transact(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        let many = writes.len() > 1;
+        let r = self.inner.transact(writes).await;
+        if many && matches!(r, Err(StoreError::ConditionFailed)) {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+    fn requests(&self) -> tokenops::store::RequestCounts {
+        self.inner.requests()
+    }
+}
+
+/// Forty appends of one agent at once: none fails, none is lost or doubled, and no sealing
+/// transaction is refused — the losers of the lease write a page and wait, and a lease holder
+/// seals the pages it finds with its own in one transaction. Embedded only: see `contract!`.
+async fn racing_ledger_appends_lose_no_transaction(store: DynamoStore) {
+    let agent = "agent_racing";
+    let store = CountingRefusals {
+        inner: store,
+        refused: Arc::new(AtomicUsize::new(0)),
+    };
+    let pages: Vec<String> = (0..40).map(|i| format!("r{i}")).collect();
+    let mut racers = JoinSet::new();
+    for p in pages.clone() {
+        let store = store.clone();
+        racers.spawn(async move {
+            let marker = Key::object(&format!("marker_{p}"));
+            let a = ledger::append(&store, agent, &ledger_page(&p, 7), |_| {
+                Ok(vec![Write::create(Item::new(
+                    marker.clone(),
+                    "marker",
+                    None,
+                    json!({}),
+                ))])
+            })
+            .await
+            .unwrap();
+            (a.with_applied, get(&store.inner, &marker).await.is_some())
+        });
+    }
+    let mut sealed_own = 0;
+    while let Some(r) = racers.join_next().await {
+        let (applied, marked) = r.unwrap();
+        assert_eq!(
+            applied, marked,
+            "the caller's writes land exactly when reported"
+        );
+        sealed_own += applied as usize;
+    }
+    chain_holds_pages_once(&store.inner, agent, &pages, 7).await;
+    assert!(sealed_own >= 1, "some append sealed its own page");
+    assert_eq!(
+        store.refused.load(Ordering::Relaxed),
+        0,
+        "no sealing transaction refused"
+    );
 }

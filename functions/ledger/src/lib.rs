@@ -1,17 +1,20 @@
 //! Stage 13 — ledger: the run's objects are appended to the agent's hash-chained ledger (each entry
-//! carries the previous entry's hash). The head advances under a condition, so concurrent runs of
-//! one agent serialize cleanly. Also `GET /ledger` (the chain, exportable) and `GET /ledger/verify`.
+//! carries the previous entry's hash). Concurrent runs of one agent never race for the head: one
+//! holds its lease and seals the others' pages with its own (`chain`). Also `GET /ledger` (the chain, exportable) and `GET /ledger/verify`.
 
-use tokenops::api::serve;
+mod chain;
+
+pub use chain::{append, entries, Appended, NewEntry, Page};
+
+use tokenops::api::{serve, RunRecord};
 use tokenops::config::Ctx;
 use tokenops::error::{ApiError, StoreError, TaskError};
 use tokenops::http::{ApiRequest, ApiResponse, Op};
-use tokenops::ids::now_rfc3339;
 use tokenops::model::{LedgerView, TaskOutput};
-use tokenops::proof::ledger::{link, verify_chain, EntryDraft, LedgerEntry};
+use tokenops::proof::ledger::{verify_chain, LedgerEntry};
 use tokenops::run_state::RunState;
 use tokenops::stage::{load, task_input};
-use tokenops::store::{Cond, Item, Key, Store, Write};
+use tokenops::store::{Key, Store, Write};
 
 pub const STAGE: &str = "ledger";
 
@@ -25,19 +28,6 @@ const LEDGERED: &[&str] = &[
     "usage_receipt",
     "callback",
 ];
-
-fn head_key(agent: &str) -> Key {
-    Key::new(format!("LEDGER#{agent}"), "HEAD")
-}
-
-pub async fn entries<S: Store>(store: &S, agent: &str) -> Result<Vec<LedgerEntry>, StoreError> {
-    store
-        .query(&format!("LEDGER#{agent}"), "E#", None)
-        .await?
-        .iter()
-        .map(|i| i.decode())
-        .collect()
-}
 
 pub async fn handle<S: Store>(ctx: &Ctx<S>, req: ApiRequest) -> ApiResponse {
     serve(ctx, req, |call| async move {
@@ -84,30 +74,24 @@ pub async fn run_task<S: Store>(
     input: serde_json::Value,
 ) -> Result<TaskOutput, TaskError> {
     let run_id = task_input(&input)?;
-    for _ in 0..20 {
-        let rec = load(&ctx.store, &run_id).await?;
-        let p = &rec.payload;
-        if let Some(l) = p.first_link(STAGE) {
-            return Ok(TaskOutput {
-                run_id,
-                stage: STAGE.into(),
-                object_id: l.id.clone(),
-                state: p.state,
-                evidence_status: None,
-            });
-        }
-        if !matches!(
+    let mut rec = load(&ctx.store, &run_id).await?;
+    let p = &rec.payload;
+    if p.first_link(STAGE).is_none()
+        && !matches!(
             p.state,
             RunState::CallbackDelivered | RunState::CallbackFailed
-        ) {
-            return Err(TaskError::InvalidTransition {
-                run_id,
-                state: p.state.as_str().into(),
-                stage: STAGE,
-            });
-        }
-        let agent = p.agent_id.clone();
-        let entries: Vec<NewEntry> = LEDGERED
+        )
+    {
+        return Err(TaskError::InvalidTransition {
+            run_id,
+            state: p.state.as_str().into(),
+            stage: STAGE,
+        });
+    }
+    let page = Page {
+        page: run_id.clone(),
+        run_id: run_id.clone(),
+        entries: LEDGERED
             .iter()
             .filter_map(|stage| {
                 p.first_link(stage).map(|l| NewEntry {
@@ -117,115 +101,73 @@ pub async fn run_task<S: Store>(
                     credits: (*stage == "usage_receipt").then_some(-p.credits),
                 })
             })
-            .collect();
-        let appended = append_once(&ctx.store, &agent, &run_id, &entries, |last| {
-            let mut payload = p.clone();
-            payload.link(
-                STAGE,
-                &last.entry_id,
-                "ledger_entry",
-                ctx.config.url(&format!("/ledger?run_id={run_id}")),
-                Some(last.entry_hash.clone()),
+            .collect(),
+    };
+    let agent = p.agent_id.clone();
+    let link_run = |rec: &RunRecord, last: &LedgerEntry| -> Result<Write, StoreError> {
+        let mut payload = rec.payload.clone();
+        payload.link(
+            STAGE,
+            &last.entry_id,
+            "ledger_entry",
+            ctx.config.url(&format!("/ledger?run_id={run_id}")),
+            Some(last.entry_hash.clone()),
+        );
+        rec.save(payload)
+    };
+    let mut appended = None;
+    for _ in 0..5 {
+        if let Some(l) = rec.payload.first_link(STAGE) {
+            return Ok(output(&run_id, l.id.clone(), rec.payload.state));
+        }
+        let a = match appended.take() {
+            Some(a) => a,
+            None => {
+                append(&ctx.store, &agent, &page, |last| {
+                    Ok(vec![link_run(&rec, last)?])
+                })
+                .await?
+            }
+        };
+        if a.with_applied {
+            tracing::info!(
+                run_id,
+                entries = page.entries.len(),
+                head_seq = a.last.seq,
+                "ledger appended"
             );
-            Ok(vec![rec.save(payload)?])
-        })
-        .await;
-        match appended {
-            Ok(last) => {
+            return Ok(output(&run_id, a.last.entry_id, rec.payload.state));
+        }
+        // Sealed by another append's transaction: link the run to it here.
+        match ctx.store.transact(vec![link_run(&rec, &a.last)?]).await {
+            Ok(()) => {
                 tracing::info!(
                     run_id,
-                    entries = entries.len(),
-                    head_seq = last.seq,
-                    "ledger appended"
+                    entries = page.entries.len(),
+                    head_seq = a.last.seq,
+                    "ledger appended (group commit)"
                 );
-                return Ok(TaskOutput {
-                    run_id,
-                    stage: STAGE.into(),
-                    object_id: last.entry_id,
-                    state: rec.payload.state,
-                    evidence_status: None,
-                });
+                return Ok(output(&run_id, a.last.entry_id, rec.payload.state));
             }
-            // Another run of this agent advanced the head (or this run was ledgered): re-read.
+            // The run moved on meanwhile: read it again, link the same entry.
             Err(StoreError::ConditionFailed) => {
-                tokio::time::sleep(std::time::Duration::from_millis(rand_jitter())).await;
-                continue;
+                rec = load(&ctx.store, &run_id).await?;
+                appended = Some(a);
             }
             Err(e) => return Err(e.into()),
         }
     }
-    Err(TaskError::StoreUnavailable("ledger head contention".into()))
+    Err(TaskError::StoreUnavailable(
+        "the run kept changing while it was ledgered".into(),
+    ))
 }
 
-/// One entry to append: what it records, the object's id and digest, and credits moved (if any).
-pub struct NewEntry {
-    pub entry_type: String,
-    pub object_id: String,
-    pub object_digest: String,
-    pub credits: Option<i64>,
-}
-
-/// Appends `entries` for `run_id` to `agent`'s chain in one transaction with the writes `with`
-/// derives from the new head, under the head's condition. `ConditionFailed` means another append
-/// won: the caller re-reads and tries again.
-pub async fn append_once<S: Store>(
-    store: &S,
-    agent: &str,
-    run_id: &str,
-    entries: &[NewEntry],
-    with: impl FnOnce(&LedgerEntry) -> Result<Vec<Write>, StoreError>,
-) -> Result<LedgerEntry, StoreError> {
-    let head = store.get(&head_key(agent)).await?;
-    let mut prev: Option<LedgerEntry> = head.as_ref().map(|h| h.decode()).transpose()?;
-    let mut writes = Vec::new();
-    for n in entries {
-        let seq = prev.as_ref().map(|e| e.seq + 1).unwrap_or(1);
-        let draft = EntryDraft {
-            entry_id: format!("ledger_{}_{seq}", tokenops::ids::suffix(agent)),
-            chain_id: agent.to_string(),
-            run_id: run_id.to_string(),
-            entry_type: n.entry_type.clone(),
-            object_id: n.object_id.clone(),
-            object_digest: n.object_digest.clone(),
-            credits: n.credits,
-            recorded_at: now_rfc3339(),
-        };
-        let e = link(prev.as_ref(), draft).map_err(|e| StoreError::Corrupt {
-            key: format!("ledger of {agent}"),
-            reason: e.to_string(),
-        })?;
-        writes.push(Write::create(Item::of(
-            Key::new(format!("LEDGER#{agent}"), format!("E#{:020}", e.seq)),
-            "ledger_entry",
-            Some(agent),
-            &e,
-        )?));
-        prev = Some(e);
+fn output(run_id: &str, object_id: String, state: RunState) -> TaskOutput {
+    TaskOutput {
+        run_id: run_id.to_string(),
+        stage: STAGE.into(),
+        object_id,
+        state,
+        evidence_status: None,
     }
-    let Some(last) = prev else {
-        return Err(StoreError::Corrupt {
-            key: run_id.to_string(),
-            reason: "nothing to ledger".into(),
-        });
-    };
-    let head_cond = match &head {
-        Some(h) => vec![Cond::NumEq("seq".into(), h.get_num("seq"))],
-        None => vec![Cond::NotExists],
-    };
-    writes.push(Write::put_if(
-        Item::of(head_key(agent), "ledger_head", Some(agent), &last)?.num("seq", last.seq as i64),
-        head_cond,
-    ));
-    writes.extend(with(&last)?);
-    store.transact(writes).await?;
-    Ok(last)
-}
-
-pub fn rand_jitter() -> u64 {
-    (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0)
-        % 20) as u64
-        + 1
 }

@@ -181,8 +181,9 @@ async fn finish<S: Store, C: CallbackSender>(
     f: &FailedExecution,
     run_id: &str,
 ) -> Result<(), TaskError> {
-    // Ledger: the ticket and the release, appended under the head's condition.
-    for _ in 0..20 {
+    // Ledger: the ticket and the release, appended once (the page id names this failure).
+    let mut appended = None;
+    for _ in 0..5 {
         let rec = tokenops::stage::load(&ctx.store, run_id).await?;
         let Some(failure) = rec.payload.failure.clone() else {
             break;
@@ -198,6 +199,7 @@ async fn finish<S: Store, C: CallbackSender>(
             .and_then(|l| l.iter().find(|l| l.id == failure.exception_id))
             .and_then(|l| l.sha256.clone())
             .unwrap_or_default();
+        let n = rec.payload.redrives + 1;
         let mut entries = vec![ledger::NewEntry {
             entry_type: "run_failed".into(),
             object_id: failure.exception_id.clone(),
@@ -205,7 +207,6 @@ async fn finish<S: Store, C: CallbackSender>(
             credits: None,
         }];
         if failure.hold_released {
-            let n = rec.payload.redrives + 1;
             entries.push(ledger::NewEntry {
                 entry_type: "hold_release".into(),
                 object_id: money::transfer_id("release", &format!("{run_id}_f{n}")),
@@ -213,19 +214,29 @@ async fn finish<S: Store, C: CallbackSender>(
                 credits: Some(0),
             });
         }
-        let res = ledger::append_once(&ctx.store, &agent, run_id, &entries, |_| {
+        let page = ledger::Page {
+            page: format!("{run_id}_f{n}"),
+            run_id: run_id.to_string(),
+            entries,
+        };
+        let mark = |rec: &tokenops::api::RunRecord| {
             let mut payload = rec.payload.clone();
             if let Some(fl) = payload.failure.as_mut() {
                 fl.ledgered = true;
             }
-            Ok(vec![rec.save(payload)?])
-        })
-        .await;
-        match res {
-            Ok(_) => break,
-            Err(StoreError::ConditionFailed) => {
-                tokio::time::sleep(std::time::Duration::from_millis(ledger::rand_jitter())).await;
-            }
+            rec.save(payload)
+        };
+        let a = match appended.take() {
+            Some(a) => a,
+            None => ledger::append(&ctx.store, &agent, &page, |_| Ok(vec![mark(&rec)?])).await?,
+        };
+        if a.with_applied {
+            break;
+        }
+        match ctx.store.transact(vec![mark(&rec)?]).await {
+            Ok(()) => break,
+            // The run moved on meanwhile: read it again and mark the same append.
+            Err(StoreError::ConditionFailed) => appended = Some(a),
             Err(e) => return Err(e.into()),
         }
     }

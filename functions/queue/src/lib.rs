@@ -263,18 +263,43 @@ pub async fn consume<S: Store, O: Orchestrator, C: CallbackSender>(
     sender: &C,
     batch: &[Result<Delivery, String>],
 ) -> Vec<String> {
+    // The batch's messages run side by side, as separate Lambda invocations would: one slow
+    // execution does not hold back the others (nor push the batch past the function's timeout).
     let mut failed = Vec::new();
+    let mut running = tokio::task::JoinSet::new();
     for d in batch {
         match d {
             Ok(d) => {
-                if let Err(e) = dispatch(ctx, orch, sender, d).await {
-                    tracing::warn!(message_id = %d.message_id, receive_count = d.receive_count, error = %e, "dispatch failed; left for redelivery");
-                    failed.push(d.message_id.clone());
-                }
+                let (ctx, orch, sender, d) = (ctx.clone(), orch.clone(), sender.clone(), d.clone());
+                running.spawn(async move {
+                    let r = dispatch(&ctx, &orch, &sender, &d).await;
+                    (d, r)
+                });
             }
             Err(id) => {
                 tracing::warn!(message_id = %id, "not a run message; left for the dead-letter queue");
                 failed.push(id.clone());
+            }
+        }
+    }
+    while let Some(joined) = running.join_next().await {
+        match joined {
+            Ok((_, Ok(_))) => {}
+            Ok((d, Err(e))) => {
+                tracing::warn!(message_id = %d.message_id, receive_count = d.receive_count, error = %e, "dispatch failed; left for redelivery");
+                failed.push(d.message_id.clone());
+            }
+            // A panicked dispatch names no message: fail the whole batch (redelivered, and
+            // every stage is idempotent) rather than delete a message that did not finish.
+            Err(e) => {
+                tracing::error!(error = %e, "a dispatch panicked; the batch is left for redelivery");
+                return batch
+                    .iter()
+                    .map(|d| match d {
+                        Ok(d) => d.message_id.clone(),
+                        Err(id) => id.clone(),
+                    })
+                    .collect();
             }
         }
     }

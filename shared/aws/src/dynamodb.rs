@@ -421,6 +421,10 @@ impl Expr {
                     let (n, v) = (self.name(a), self.value(AttributeValue::N(v.to_string())));
                     format!("{n} >= {v}")
                 }
+                Cond::NumAbsentOrAtMost(a, v) => {
+                    let (n, v) = (self.name(a), self.value(AttributeValue::N(v.to_string())));
+                    format!("(attribute_not_exists({n}) OR {n} <= {v})")
+                }
             })
             .collect();
         (!parts.is_empty()).then(|| parts.join(" AND "))

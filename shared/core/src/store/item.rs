@@ -104,6 +104,8 @@ pub enum Cond {
     AttrEq(String, String),
     NumEq(String, i64),
     NumAtLeast(String, i64),
+    /// The number is absent or at most the value (a lease that is free or has lapsed).
+    NumAbsentOrAtMost(String, i64),
 }
 
 #[derive(Clone, Debug, PartialEq)]

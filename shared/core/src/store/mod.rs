@@ -11,7 +11,7 @@
 //! | transfer (double entry) | `XFER#<cred_id>` | `<transfer_id>` | created with `attribute_not_exists`: a movement happens once |
 //! | hold | `HOLD#<run_id>` | `HOLD` | `status` held → captured \| released (conditional: at most one) |
 //! | run (the full loop payload) | `RUN#<run_id>` | `RUN` | `state` attr, `version` number (optimistic lock) |
-//! | ledger head / entries | `LEDGER#<agent_id>` | `HEAD` / `E#<seq:020>` | head `seq`+`hash` advanced conditionally |
+//! | ledger head / blocks / pages / seals | `LEDGER#<agent_id>` | `HEAD` / `E#<first seq:020>` / `P#<page>` / `S#<page>` | head: last entry, `seq`, lease (`lease_until`, `holder`); a block chains one append's entries; see `functions/ledger/src/chain.rs` |
 //! | idempotency record | `IDEM#<agent or ip>#<key>` | `IDEM` | request hash + stored response; TTL |
 //! | queue message (local queue) | `QUEUE#<queue>` | `MSG#<ulid>` | `visible_at`, `receives` numbers, `receipt` attr |
 //! | execution (local orchestrator) | `EXEC` | `EXEC#<name>` | `status` attr; `doc` = the ASL execution state |
@@ -21,8 +21,9 @@
 //! Conditions never look inside a doc: they use the item's own attributes and numbers.
 //!
 //! Conditional: agent/object/transfer creation (`attribute_not_exists`), run updates (`version`),
-//! entitlement debits (`available >= amount`), hold settlement (`status = held`), ledger appends
-//! (`seq = expected`), credential claim (`claimed = false`). Transactional: every stage writes its
+//! entitlement debits (`available >= amount`), hold settlement (`status = held`), the ledger lease
+//! (`lease_until <= now`, then `holder = token` and `seq = expected` when sealing), credential claim
+//! (`claimed = false`). Transactional: every stage writes its
 //! object, the run update and any money movement in one `TransactWriteItems`, so a stage either
 //! happened or did not.
 
