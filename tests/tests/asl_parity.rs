@@ -219,7 +219,8 @@ impl Script {
             .unwrap_or(0)
     }
 
-    /// Runs `task` for the run in `input` (`{"run_id"}`, what every Task's `Parameters` pass).
+    /// Runs `task` for the run in `input` (`{"run_id"}`, and `contract` for the stages that use it:
+    /// what the Tasks' `Parameters` pass).
     fn call(&self, engine: &str, task: &str, input: &Value) -> Result<Value, Failure> {
         let run_id = input["run_id"].as_str().unwrap_or_default().to_string();
         let failure = |error_type: &str, message: String| Failure {
@@ -308,7 +309,8 @@ impl Run {
 }
 
 fn input_for(run_id: &str, case: &Case) -> Value {
-    json!({"run_id": run_id, "case": case.name, "requested_by": "asl-parity"})
+    // The queue starts every execution with the run's contract (`stage::execution_input`).
+    json!({"run_id": run_id, "contract": {"run_id": run_id}, "case": case.name, "requested_by": "asl-parity"})
 }
 
 async fn run_local(def: &Definition, script: &Script, run_id: &str, case: &Case) -> Run {

@@ -535,6 +535,54 @@ async fn bad_input_gets_problem_json_4xx_and_writes_nothing() {
     rt.shutdown().await;
 }
 
+/// The stages take the run's contract from the execution input, and only the one the run links:
+/// a contract whose digest is not the link's is read from the table instead, never used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_uses_the_input_contract_only_when_it_is_the_runs() {
+    let rt = runtime("contract-input").await;
+    let f = funded_agent(&rt, "contract-input-agent", 1).await;
+    let run = f
+        .agent
+        .ok("POST", "/runs", Some(&f.full_run()))
+        .await
+        .unwrap();
+    let run_id = run["run_id"].as_str().unwrap();
+    wait_delivered(&f.agent, run_id).await;
+    let store = &rt.ctx.store;
+    let rec = &tokenops::stage::load(store, run_id).await.unwrap();
+    let input = tokenops::stage::execution_input(store, run_id).await;
+    let stored = input["contract"].clone();
+    assert_eq!(
+        stored["run_id"], run_id,
+        "the execution input carries the contract"
+    );
+    let contract = |input: Value| async move {
+        let before = store.requests();
+        let c = tokenops::stage::run_contract(store, &input, rec)
+            .await
+            .unwrap();
+        (
+            serde_json::to_value(c).unwrap(),
+            store.requests().since(&before).reads,
+        )
+    };
+    assert_eq!(
+        contract(input.clone()).await,
+        (stored.clone(), 0),
+        "the run's own: no read"
+    );
+    let mut forged = input.clone();
+    forged["contract"]["callback_url"] = json!("https://attacker.example/hook");
+    assert_eq!(
+        contract(forged).await,
+        (stored.clone(), 1),
+        "not the run's: read instead"
+    );
+    let absent = json!({"run_id": run_id, "contract": null});
+    assert_eq!(contract(absent).await, (stored, 1), "none: read");
+    rt.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampered_ledger_entry_and_attestation_are_rejected() {
     let rt = runtime("tamper").await;

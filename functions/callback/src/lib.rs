@@ -12,7 +12,7 @@ use tokenops::model::{CallbackRecord, RunContract, TaskOutput};
 use tokenops::ports::CallbackSender;
 use tokenops::proof::jcs;
 use tokenops::run_state::{RunState, Transition};
-use tokenops::stage::{advance_from, load, task_input, Step};
+use tokenops::stage::{advance_from, load, run_contract, task_input, Step};
 use tokenops::store::Store;
 
 pub const STAGE: &str = "callback";
@@ -57,14 +57,7 @@ pub async fn run_task<S: Store, C: CallbackSender>(
     // Deliver first, outside the run's optimistic lock: a lost lock must not mean a second POST.
     // The callback record is written before and after every attempt (see `deliver`).
     let agent = rec.payload.agent_id.clone();
-    let contract: RunContract = owned_object(
-        &ctx.store,
-        &tokenops::ids::run_object_id("rc", &run_id),
-        &agent,
-        "run_id",
-    )
-    .await?
-    .decode()?;
+    let contract: RunContract = run_contract(&ctx.store, &input, &rec).await?;
     let mut record = record_for(ctx, &rec.payload, &contract.callback_url).await?;
     let secret = agent_secret(&ctx.store, &agent).await?;
     let delivered = deliver(ctx, sender, &mut record, &secret, &agent).await?;

@@ -6,7 +6,6 @@
 //! no-op. Locally the engine refuses a second execution of a name and runs the failure handler
 //! itself. Also `GET /queue`, the monitor with the consumer's heartbeat.
 
-use serde_json::json;
 use tokenops::api::{object_item, serve};
 use tokenops::config::Ctx;
 use tokenops::error::{ApiError, TaskError};
@@ -171,7 +170,12 @@ pub async fn dispatch<S: Store, O: Orchestrator, C: CallbackSender>(
             return Ok("dropped".into());
         }
     }
-    let started = orch.start(&name, json!({ "run_id": run_id })).await?;
+    let started = orch
+        .start(
+            &name,
+            tokenops::stage::execution_input(&ctx.store, &run_id).await,
+        )
+        .await?;
     if msg.replay > 0 {
         clear_pending(ctx, msg).await?;
     }
@@ -234,7 +238,12 @@ async fn redrive<S: Store, O: Orchestrator, C: CallbackSender>(
             tracing::info!(run_id, execution = %name, "execution not failed; redrive was a duplicate")
         }
         Redriven::NotFound | Redriven::StartAgain => {
-            let started = orch.start(&name, json!({ "run_id": run_id })).await?;
+            let started = orch
+                .start(
+                    &name,
+                    tokenops::stage::execution_input(&ctx.store, run_id).await,
+                )
+                .await?;
             clear_pending(ctx, msg).await?;
             on_started(ctx, sender, &name, started).await?;
             return Ok(name);
@@ -254,9 +263,10 @@ async fn clear_pending<S: Store>(ctx: &Ctx<S>, msg: &RunMessage) -> Result<(), T
 /// Handles a batch (SQS event records, or what the local queue delivered) and writes the consumer
 /// heartbeat. Returns the message ids that failed: SQS redelivers them (partial batch response);
 /// records that are not run messages arrive as `Err(message_id)` and fail too, so after
-/// `maxReceiveCount` receives they land in the dead-letter queue. One message at a time: in AWS
-/// each waits on its whole execution, so the event source hands the function one message per
-/// invocation (`BatchSize: 1`) and Lambda runs as many at once as there are messages.
+/// `maxReceiveCount` receives they land in the dead-letter queue. In AWS each message waits on its
+/// whole execution, so the event source hands the function one message per invocation
+/// (`BatchSize: 1`) and Lambda runs as many at once as there are messages; a local batch runs its
+/// messages side by side for the same reason.
 pub async fn consume<S: Store, O: Orchestrator, C: CallbackSender>(
     ctx: &Ctx<S>,
     orch: &O,

@@ -1,7 +1,7 @@
 //! Stage 10 — settlement receipt: ties the run's cost to the settlement and funding transfer that
 //! paid for it, and to the run's hold.
 
-use tokenops::api::{object_item, owned_object};
+use tokenops::api::object_item;
 use tokenops::config::Ctx;
 use tokenops::error::TaskError;
 use tokenops::ids::{now_rfc3339, run_object_id};
@@ -9,7 +9,7 @@ use tokenops::model::*;
 use tokenops::money::transfer_id;
 use tokenops::proof::jcs;
 use tokenops::run_state::RunState;
-use tokenops::stage::{advance, task_input, Step};
+use tokenops::stage::{advance, run_contract, task_input, Step};
 use tokenops::store::{Key, Store, Write};
 
 pub const STAGE: &str = "settlement_receipt";
@@ -19,6 +19,7 @@ pub async fn run_task<S: Store>(
     input: serde_json::Value,
 ) -> Result<TaskOutput, TaskError> {
     let run_id = task_input(&input)?;
+    let input = &input;
     advance(
         &ctx.store,
         &run_id,
@@ -26,14 +27,7 @@ pub async fn run_task<S: Store>(
         RunState::SettlementReceipted,
         |rec| async move {
             let agent = rec.payload.agent_id.clone();
-            let contract: RunContract = owned_object(
-                &ctx.store,
-                &run_object_id("rc", &rec.payload.run_id),
-                &agent,
-                "run_id",
-            )
-            .await?
-            .decode()?;
+            let contract: RunContract = run_contract(&ctx.store, input, &rec).await?;
             // x402: the on-chain payment behind the credits, so the receipt proves the payment.
             let payment = match ctx.store.get(&Key::object(&contract.settlement_id)).await? {
                 Some(item) => item.decode::<ProviderRoute>()?.payment,

@@ -11,7 +11,7 @@ use tokenops::ids::{now_rfc3339, run_object_id};
 use tokenops::model::*;
 use tokenops::proof::jcs;
 use tokenops::run_state::RunState;
-use tokenops::stage::{advance_from, load, task_input, Step};
+use tokenops::stage::{advance_from, load, run_contract, task_input, Step};
 use tokenops::store::{Key, Store, Write};
 
 pub const STAGE: &str = "tokenops_execution";
@@ -45,6 +45,7 @@ pub async fn run_task<S: Store>(
     input: serde_json::Value,
 ) -> Result<TaskOutput, TaskError> {
     let run_id = task_input(&input)?;
+    let input = &input;
     // A redelivered review of a run already waiting on evidence changes nothing.
     let rec = load(&ctx.store, &run_id).await?;
     if rec.payload.state == RunState::ExceptionOpen {
@@ -71,10 +72,7 @@ pub async fn run_task<S: Store>(
         |rec| async move {
             let agent = rec.payload.agent_id.clone();
             let run_id = rec.payload.run_id.clone();
-            let contract: RunContract =
-                owned_object(&ctx.store, &run_object_id("rc", &run_id), &agent, "run_id")
-                    .await?
-                    .decode()?;
+            let contract: RunContract = run_contract(&ctx.store, input, &rec).await?;
             let bundle: EvidenceBundle = ctx
                 .store
                 .get(&Key::object(&run_object_id("evidence", &run_id)))

@@ -12,7 +12,7 @@ use tokenops::model::*;
 use tokenops::money;
 use tokenops::proof::jcs;
 use tokenops::run_state::RunState;
-use tokenops::stage::{advance, task_input, Step};
+use tokenops::stage::{advance, run_contract, task_input, Step};
 use tokenops::store::{Key, Store, Write};
 
 pub const STAGE: &str = "usage_receipt";
@@ -44,6 +44,7 @@ pub async fn run_task<S: Store>(
     input: serde_json::Value,
 ) -> Result<TaskOutput, TaskError> {
     let run_id = task_input(&input)?;
+    let input = &input;
     advance(
         &ctx.store,
         &run_id,
@@ -52,10 +53,7 @@ pub async fn run_task<S: Store>(
         |rec| async move {
             let agent = rec.payload.agent_id.clone();
             let run_id = rec.payload.run_id.clone();
-            let contract: RunContract =
-                owned_object(&ctx.store, &run_object_id("rc", &run_id), &agent, "run_id")
-                    .await?
-                    .decode()?;
+            let contract: RunContract = run_contract(&ctx.store, input, &rec).await?;
             let ent = ctx
                 .store
                 .get(&Key::object(&contract.credit_entitlement_id))

@@ -123,3 +123,50 @@ pub fn task_input(v: &serde_json::Value) -> Result<String, TaskError> {
         ))
     })
 }
+
+/// The run's contract: from the task's input when the queue put it there (the execution input
+/// carries it, so the four stages that need it do not each read it) and it is the one the run
+/// links — its digest matches the link's — else read from the table.
+pub async fn run_contract<S: Store>(
+    store: &S,
+    input: &serde_json::Value,
+    rec: &RunRecord,
+) -> Result<crate::model::RunContract, TaskError> {
+    let p = &rec.payload;
+    let linked = p.first_link("run_contract");
+    if let (Some(v), Some(link)) = (input.get("contract"), linked) {
+        if let Ok(c) = serde_json::from_value::<crate::model::RunContract>(v.clone()) {
+            let digest = crate::proof::jcs::digest(&c).ok();
+            if c.run_id == p.run_id
+                && c.agent_id == p.agent_id
+                && digest.is_some()
+                && digest == link.sha256
+            {
+                return Ok(c);
+            }
+        }
+        tracing::warn!(
+            run_id = %p.run_id,
+            "the task input's contract is not the run's; reading it"
+        );
+    }
+    let id = crate::ids::run_object_id("rc", &p.run_id);
+    Ok(crate::api::owned_object(store, &id, &p.agent_id, "run_id")
+        .await?
+        .decode()?)
+}
+
+/// The input of a run's execution: its id and its contract (`null` when it cannot be read now:
+/// each stage then reads it itself).
+pub async fn execution_input<S: Store>(store: &S, run_id: &str) -> serde_json::Value {
+    let id = crate::ids::run_object_id("rc", run_id);
+    let contract = match store.get(&crate::store::Key::object(&id)).await {
+        Ok(Some(item)) => item.doc,
+        Ok(None) => serde_json::Value::Null,
+        Err(e) => {
+            tracing::warn!(run_id, error = %e, "contract not read for the execution input");
+            serde_json::Value::Null
+        }
+    };
+    serde_json::json!({ "run_id": run_id, "contract": contract })
+}
