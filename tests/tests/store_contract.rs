@@ -1066,6 +1066,13 @@ async fn racing_same_key_requests_have_one_effect(store: DynamoStore) {
 
 // ---- the ledger chain (functions/ledger/src/chain.rs) ------------------------------------------
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
 fn ledger_page(page: &str, n: usize) -> ledger::Page {
     ledger::Page {
         page: page.into(),
@@ -1136,7 +1143,8 @@ async fn ledger_appends_chain_each_page_once(store: DynamoStore) {
     }
     chain_holds_pages_once(&store, agent, &pages, 3).await;
     // A page written again after it was sealed (a retried task racing a sealer) is cleared by
-    // the next sealer, not chained twice.
+    // the next sealer of pending pages, not chained twice. That sealer is an append that found
+    // the lease held (here: by a sealer that stopped, until its lease lapses) and left a page.
     let stray = Item::new(
         Key::new(format!("LEDGER#{agent}"), "P#p0"),
         "ledger_page",
@@ -1144,6 +1152,13 @@ async fn ledger_appends_chain_each_page_once(store: DynamoStore) {
         serde_json::to_value(ledger_page("p0", 3)).unwrap(),
     );
     store.transact(vec![Write::put(stray)]).await.unwrap();
+    let head_key = Key::new(format!("LEDGER#{agent}"), "HEAD");
+    let held = get(&store, &head_key)
+        .await
+        .unwrap()
+        .num("lease_until", now_ms() + 300)
+        .attr("holder", "lease_stopped");
+    store.transact(vec![Write::put(held)]).await.unwrap();
     let mut all = pages.clone();
     all.push("p5".into());
     ledger::append(&store, agent, &ledger_page("p5", 3), |_| Ok(vec![]))
@@ -1163,10 +1178,6 @@ async fn ledger_appends_chain_each_page_once(store: DynamoStore) {
 /// A sealer that crashed holding the lease blocks the chain only until the lease lapses.
 async fn a_lapsed_ledger_lease_is_taken_over(store: DynamoStore) {
     let agent = "agent_lapsed";
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
     let crashed = Item::new(
         Key::new(format!("LEDGER#{agent}"), "HEAD"),
         "ledger_head",
@@ -1174,7 +1185,7 @@ async fn a_lapsed_ledger_lease_is_taken_over(store: DynamoStore) {
         Value::Null,
     )
     .num("seq", 0)
-    .num("lease_until", now_ms + 300)
+    .num("lease_until", now_ms() + 300)
     .attr("holder", "lease_crashed");
     store.transact(vec![Write::put(crashed)]).await.unwrap();
     let a = ledger::append(&store, agent, &ledger_page("q0", 2), |_| Ok(vec![]))

@@ -3,9 +3,10 @@
 //! Every run of an agent appends to one chain, so its head is a hot item. Racing for it with a
 //! conditional transaction (the first shape) made each loser pay for a failed transaction of
 //! every entry, and retry. Here the head carries a **lease**: whoever takes it (one small
-//! conditional put) seals, in one transaction, its own entries and every page other runs left
-//! while it was busy — a group commit. A run that finds the lease taken writes its entries as a
-//! page and waits until a sealer has sealed it (or the lease is free and it seals itself).
+//! conditional put) chains and seals its entries in one transaction that also frees the lease.
+//! A run that finds the lease taken writes its entries as a pending page and waits; the first
+//! of the waiting runs to get the lease seals every pending page in one transaction — a group
+//! commit — and the others find their page sealed.
 //!
 //! Items (`LEDGER#<agent>` partition):
 //! - `HEAD`: the last entry (`null` before the first), numbers `seq` and `lease_until` (epoch ms;
@@ -273,14 +274,18 @@ async fn seal<S: Store>(
     own: Option<&Page>,
     with: &impl Fn(&LedgerEntry) -> Result<Vec<Write>, StoreError>,
 ) -> Result<Option<LedgerEntry>, StoreError> {
-    let pending: Vec<Page> = store
-        .query(&partition(agent), "P#", Some(PAGES_PER_SEAL))
-        .await?
-        .iter()
-        .map(|i| i.decode())
-        .collect::<Result<_, _>>()?;
-    // A retry whose earlier attempt left a page: that page is sealed as pending, not twice.
-    let own = own.filter(|o| !pending.iter().any(|p| p.page == o.page));
+    // An append that never waited seals just its own entries (no query: the uncontended path
+    // stays one read, one lease and one transaction); one that left a page seals every pending
+    // page. Each page's writer keeps trying until its page is sealed, so none is left behind.
+    let pending: Vec<Page> = match own {
+        Some(_) => Vec::new(),
+        None => store
+            .query(&partition(agent), "P#", Some(PAGES_PER_SEAL))
+            .await?
+            .iter()
+            .map(|i| i.decode())
+            .collect::<Result<_, _>>()?,
+    };
     let mut prev = head.last.clone();
     let mut writes = Vec::new();
     let mut own_last = None;
