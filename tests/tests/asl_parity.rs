@@ -219,8 +219,8 @@ impl Script {
             .unwrap_or(0)
     }
 
-    /// Runs `task` for the run in `input` (`{"run_id"}`, and `contract` for the stages that use it:
-    /// what the Tasks' `Parameters` pass).
+    /// Runs `task` for the run in `input` (`{"run_id"}`, and the execution's input as `execution`
+    /// for the stages that use the contract: what the Tasks' `Parameters` pass).
     fn call(&self, engine: &str, task: &str, input: &Value) -> Result<Value, Failure> {
         let run_id = input["run_id"].as_str().unwrap_or_default().to_string();
         let failure = |error_type: &str, message: String| Failure {

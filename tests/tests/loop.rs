@@ -550,8 +550,9 @@ async fn a_stage_uses_the_input_contract_only_when_it_is_the_runs() {
     wait_delivered(&f.agent, run_id).await;
     let store = &rt.ctx.store;
     let rec = &tokenops::stage::load(store, run_id).await.unwrap();
-    let input = tokenops::stage::execution_input(store, run_id).await;
-    let stored = input["contract"].clone();
+    // What a Task state passes: its Parameters, `execution` being `$$.Execution.Input`.
+    let input = json!({"run_id": run_id, "execution": tokenops::stage::execution_input(store, run_id).await});
+    let stored = input["execution"]["contract"].clone();
     assert_eq!(
         stored["run_id"], run_id,
         "the execution input carries the contract"
@@ -572,13 +573,13 @@ async fn a_stage_uses_the_input_contract_only_when_it_is_the_runs() {
         "the run's own: no read"
     );
     let mut forged = input.clone();
-    forged["contract"]["callback_url"] = json!("https://attacker.example/hook");
+    forged["execution"]["contract"]["callback_url"] = json!("https://attacker.example/hook");
     assert_eq!(
         contract(forged).await,
         (stored.clone(), 1),
         "not the run's: read instead"
     );
-    let absent = json!({"run_id": run_id, "contract": null});
+    let absent = json!({"run_id": run_id, "execution": {"run_id": run_id}});
     assert_eq!(contract(absent).await, (stored, 1), "none: read");
     rt.shutdown().await;
 }

@@ -12,7 +12,7 @@ use tokenops::ids::{now_rfc3339, run_object_id};
 use tokenops::model::{Attestation, KeySet, TaskOutput};
 use tokenops::proof::dsse::{sign_statement, DsseError, Statement, Subject};
 use tokenops::proof::signer::Signer;
-use tokenops::stage::{load, task_input};
+use tokenops::stage::{load, run_contract, task_input};
 use tokenops::store::{Store, Write};
 
 pub const STAGE: &str = "attestation";
@@ -112,7 +112,10 @@ pub async fn run_task<S: Store>(
         ));
         let mut predicate = json!({"run_id": run_id, "agent_id": p.agent_id, "loop_type": p.loop_type, "path": p.path, "state": p.state, "credits": p.credits, "attested_at": now_rfc3339()});
         // An x402-paid run: the payment (network, transaction, payer) is signed with the work.
-        if let Some(l) = p.first_link("settlement_receipt") {
+        // Only such a run's receipt carries one, so only then is it read.
+        let paid_by_x402 =
+            run_contract(&ctx.store, &input, &rec).await?.provider == tokenops::x402::X402;
+        if let Some(l) = p.first_link("settlement_receipt").filter(|_| paid_by_x402) {
             if let Some(item) = ctx.store.get(&tokenops::store::Key::object(&l.id)).await? {
                 let receipt: tokenops::model::SettlementReceipt = item.decode()?;
                 if let Some(payment) = receipt.payment {

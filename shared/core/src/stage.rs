@@ -124,9 +124,10 @@ pub fn task_input(v: &serde_json::Value) -> Result<String, TaskError> {
     })
 }
 
-/// The run's contract: from the task's input when the queue put it there (the execution input
-/// carries it, so the four stages that need it do not each read it) and it is the one the run
-/// links — its digest matches the link's — else read from the table.
+/// The run's contract: from the execution's input (the queue puts it there; the state machine
+/// passes `$$.Execution.Input` to the stages that need it as `execution`, so they do not each
+/// read it) when it is the one the run links — its digest matches the link's — else read from
+/// the table (an execution started by hand with just the run id works too).
 pub async fn run_contract<S: Store>(
     store: &S,
     input: &serde_json::Value,
@@ -134,7 +135,10 @@ pub async fn run_contract<S: Store>(
 ) -> Result<crate::model::RunContract, TaskError> {
     let p = &rec.payload;
     let linked = p.first_link("run_contract");
-    if let (Some(v), Some(link)) = (input.get("contract"), linked) {
+    let given = input
+        .pointer("/execution/contract")
+        .filter(|v| !v.is_null());
+    if let (Some(v), Some(link)) = (given, linked) {
         if let Ok(c) = serde_json::from_value::<crate::model::RunContract>(v.clone()) {
             let digest = crate::proof::jcs::digest(&c).ok();
             if c.run_id == p.run_id
