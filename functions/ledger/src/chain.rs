@@ -164,7 +164,7 @@ pub async fn append<S: Store>(
     // failed sealing transaction (the caller's writes no longer hold, say) the entries go
     // through a page and the caller writes its own writes.
     let mut direct = true;
-    let mut pause = Duration::from_millis(2);
+    let mut pause = Duration::from_millis(5);
     for attempt in 0u32.. {
         // A retried append (or a waiting one) may already be sealed. The first look skips this
         // read: sealing the page directly creates its seal under `attribute_not_exists`, so a
