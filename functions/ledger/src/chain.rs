@@ -28,12 +28,14 @@ use tokenops::ids::now_rfc3339;
 use tokenops::proof::ledger::{link, EntryDraft, LedgerEntry};
 use tokenops::store::{Cond, Item, Key, Store, Write};
 
-/// How long a sealer may hold the head before others take it over.
+/// How long a sealer may hold the head before others take it over: the ledger function's
+/// timeout (`infra/template.yaml`, 15 s), so a lease cannot lapse while its holder still runs.
 pub const LEASE_MS: i64 = 15_000;
 /// Pages sealed per transaction (each page is 3 items; DynamoDB allows 100 per transaction).
 const PAGES_PER_SEAL: usize = 30;
-/// How long an append waits for the chain before it reports the store busy (the task retries).
-const APPEND_BUDGET: Duration = Duration::from_secs(60);
+/// How long an append waits for the chain before it reports the store busy: inside the
+/// function's timeout, so the state machine sees a retryable error, not a timed-out task.
+const APPEND_BUDGET: Duration = Duration::from_secs(10);
 
 /// One entry to append: what it records, the object's id and digest, and credits moved (if any).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -177,6 +179,11 @@ pub async fn append<S: Store>(
                     with_applied: false,
                 });
             }
+            if started.elapsed() > APPEND_BUDGET {
+                return Err(StoreError::Unavailable(
+                    "the ledger stayed busy; the append will be retried".into(),
+                ));
+            }
         }
         if !direct && !page_written {
             write_page(store, agent, page).await?;
@@ -211,11 +218,6 @@ pub async fn append<S: Store>(
             write_page(store, agent, page).await?;
             page_written = true;
             continue;
-        }
-        if started.elapsed() > APPEND_BUDGET {
-            return Err(StoreError::Unavailable(
-                "the ledger stayed busy; the append will be retried".into(),
-            ));
         }
         tokio::time::sleep(jittered(pause)).await;
         pause = (pause * 2).min(Duration::from_millis(50));
@@ -279,12 +281,7 @@ async fn seal<S: Store>(
     // page. Each page's writer keeps trying until its page is sealed, so none is left behind.
     let pending: Vec<Page> = match own {
         Some(_) => Vec::new(),
-        None => store
-            .query(&partition(agent), "P#", Some(PAGES_PER_SEAL))
-            .await?
-            .iter()
-            .map(|i| i.decode())
-            .collect::<Result<_, _>>()?,
+        None => pending_pages(store, agent).await?,
     };
     let mut prev = head.last.clone();
     let mut writes = Vec::new();
@@ -345,6 +342,17 @@ async fn seal<S: Store>(
     Ok(own_last)
 }
 
+/// Pending pages, as many as one transaction seals (in page-id order: run ids are ULIDs, so the
+/// oldest runs first).
+async fn pending_pages<S: Store>(store: &S, agent: &str) -> Result<Vec<Page>, StoreError> {
+    store
+        .query(&partition(agent), "P#", Some(PAGES_PER_SEAL))
+        .await?
+        .iter()
+        .map(|i| i.decode())
+        .collect()
+}
+
 /// Chains one page's entries after `prev`.
 fn chain(
     agent: &str,
@@ -386,13 +394,11 @@ async fn clear_strays<S: Store>(
     token: &str,
     own: &Page,
 ) -> Result<(), StoreError> {
-    let pending: Vec<Page> = store
-        .query(&partition(agent), "P#", Some(PAGES_PER_SEAL))
+    for p in pending_pages(store, agent)
         .await?
         .iter()
-        .map(|i| i.decode())
-        .collect::<Result<_, _>>()?;
-    for p in pending.iter().filter(|p| p.page != own.page) {
+        .filter(|p| p.page != own.page)
+    {
         if store.get(&seal_key(agent, &p.page)).await?.is_some() {
             tracing::warn!(agent, page = %p.page, "a sealed page was pending again; removed");
             store
