@@ -129,33 +129,27 @@ pub async fn run_task<S: Store>(
                 .await?
             }
         };
-        if a.with_applied {
-            tracing::info!(
-                run_id,
-                entries = page.entries.len(),
-                head_seq = a.last.seq,
-                "ledger appended"
-            );
-            return Ok(output(&run_id, a.last.entry_id, rec.payload.state));
-        }
-        // Sealed by another append's transaction: link the run to it here.
-        match ctx.store.transact(vec![link_run(&rec, &a.last)?]).await {
-            Ok(()) => {
-                tracing::info!(
-                    run_id,
-                    entries = page.entries.len(),
-                    head_seq = a.last.seq,
-                    "ledger appended (group commit)"
-                );
-                return Ok(output(&run_id, a.last.entry_id, rec.payload.state));
+        // Sealed by another append's transaction (a group commit): link the run to it here.
+        if !a.with_applied {
+            match ctx.store.transact(vec![link_run(&rec, &a.last)?]).await {
+                Ok(()) => {}
+                // The run moved on meanwhile: read it again, link the same entry.
+                Err(StoreError::ConditionFailed) => {
+                    rec = load(&ctx.store, &run_id).await?;
+                    appended = Some(a);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
             }
-            // The run moved on meanwhile: read it again, link the same entry.
-            Err(StoreError::ConditionFailed) => {
-                rec = load(&ctx.store, &run_id).await?;
-                appended = Some(a);
-            }
-            Err(e) => return Err(e.into()),
         }
+        tracing::info!(
+            run_id,
+            entries = page.entries.len(),
+            head_seq = a.last.seq,
+            group_commit = !a.with_applied,
+            "ledger appended"
+        );
+        return Ok(output(&run_id, a.last.entry_id, rec.payload.state));
     }
     Err(TaskError::StoreUnavailable(
         "the run kept changing while it was ledgered".into(),
