@@ -69,7 +69,8 @@ contract!(
     idempotency_keys_are_scoped_per_agent,
     a_key_the_engine_refuses_is_invalid_not_unavailable,
     ledger_appends_chain_each_page_once,
-    a_lapsed_ledger_lease_is_taken_over;
+    a_lapsed_ledger_lease_is_taken_over,
+    a_failed_ledger_seal_frees_the_lease;
     // moto 5.2.5 does not isolate concurrent TransactWriteItems: each call snapshots the tables,
     // applies its writes and, on a failed condition, restores the snapshot — without a lock, so
     // a refused transaction can undo another's committed write (seen: 11 of 20 racing debits of
@@ -1173,6 +1174,32 @@ async fn ledger_appends_chain_each_page_once(store: DynamoStore) {
             .is_empty(),
         "no page left pending"
     );
+}
+
+/// A sealer whose transaction cannot be made (here: the caller's writes fail) reports the error
+/// and frees the lease at once: nobody waits out the lease for it, and nothing was chained.
+async fn a_failed_ledger_seal_frees_the_lease(store: DynamoStore) {
+    let agent = "agent_failed_seal";
+    let err = ledger::append(&store, agent, &ledger_page("f0", 2), |_| {
+        Err(StoreError::Invalid(
+            "the caller's writes cannot be made".into(),
+        ))
+    })
+    .await;
+    assert!(
+        matches!(err, Err(StoreError::Invalid(_))),
+        "{:?}",
+        err.err()
+    );
+    let head = get(&store, &Key::new(format!("LEDGER#{agent}"), "HEAD"))
+        .await
+        .expect("the lease was taken on a new head");
+    assert_eq!(head.get_num("lease_until"), 0, "the lease is free again");
+    assert!(ledger::entries(&store, agent).await.unwrap().is_empty());
+    ledger::append(&store, agent, &ledger_page("f1", 2), |_| Ok(vec![]))
+        .await
+        .unwrap();
+    chain_holds_pages_once(&store, agent, &["f1".to_string()], 2).await;
 }
 
 /// A sealer that crashed holding the lease blocks the chain only until the lease lapses.

@@ -102,6 +102,7 @@ struct Head {
     last: Option<LedgerEntry>,
     seq: i64,
     lease_until: i64,
+    holder: String,
     exists: bool,
 }
 
@@ -111,12 +112,14 @@ async fn read_head<S: Store>(store: &S, agent: &str) -> Result<Head, StoreError>
             last: item.decode()?,
             seq: item.get_num("seq"),
             lease_until: item.get_num("lease_until"),
+            holder: item.get_attr("holder").unwrap_or_default().to_string(),
             exists: true,
         },
         None => Head {
             last: None,
             seq: 0,
             lease_until: 0,
+            holder: String::new(),
             exists: false,
         },
     })
@@ -147,7 +150,9 @@ fn now_ms() -> i64 {
 /// Appends `page` to `agent`'s chain exactly once, however often it is called (a retried task
 /// calls it again and gets the same last entry). `with` derives writes from the page's last
 /// entry (the run's link); they go into the sealing transaction when this call seals its own
-/// page, which [`Appended::with_applied`] says — else the caller writes them itself.
+/// page, which [`Appended::with_applied`] says — else the caller writes them itself. An error is
+/// retryable and means "maybe appended" (the page may be sealed later): calling again with the
+/// same page is always safe.
 pub async fn append<S: Store>(
     store: &S,
     agent: &str,
@@ -167,6 +172,8 @@ pub async fn append<S: Store>(
     // through a page and the caller writes its own writes.
     let mut direct = true;
     let mut pause = Duration::from_millis(5);
+    // The token of a lease put that was refused, to recognize it on the head if it landed.
+    let mut tried: Option<String> = None;
     for attempt in 0u32.. {
         // A retried append (or a waiting one) may already be sealed. The first look skips this
         // read: sealing the page directly creates its seal under `attribute_not_exists`, so a
@@ -191,25 +198,49 @@ pub async fn append<S: Store>(
         }
         let head = read_head(store, agent).await?;
         let now = now_ms();
-        if head.lease_until <= now {
-            // `None`: another append took the lease between our read and our put.
-            if let Some(token) = take_lease(store, agent, &head, now).await? {
-                let own = (!page_written).then_some(page);
-                match seal(store, agent, &head, &token, own, &with).await {
-                    Ok(Some(last)) => {
-                        return Ok(Appended {
-                            last,
-                            with_applied: true,
-                        })
+        // Ours: a put we took for lost (its answer lost, the SDK's retry refused) had landed.
+        let ours = tried
+            .take()
+            .filter(|t| *t == head.holder && head.lease_until > now);
+        let token = match ours {
+            Some(t) => Some(t),
+            None if head.lease_until <= now => {
+                let t = tokenops::ids::random_token("lease");
+                match take_lease(store, agent, &head, now, &t).await {
+                    Ok(true) => Some(t),
+                    // Another append took the lease between our read and our put.
+                    Ok(false) => {
+                        tried = Some(t);
+                        None
                     }
-                    // Our page was among the pending ones: the next round reads its seal.
-                    Ok(None) => continue,
-                    Err(StoreError::ConditionFailed) => {
-                        clear_strays(store, agent, &head, &token, page).await?;
-                        direct = false;
-                        continue;
+                    Err(e) => {
+                        release(store, agent, &head, &t).await;
+                        return Err(e);
                     }
-                    Err(e) => return Err(e),
+                }
+            }
+            None => None,
+        };
+        if let Some(token) = token {
+            let own = (!page_written).then_some(page);
+            match seal(store, agent, &head, &token, own, &with).await {
+                Ok(Some(last)) => {
+                    return Ok(Appended {
+                        last,
+                        with_applied: true,
+                    })
+                }
+                // Our page was among the pending ones: the next round reads its seal.
+                Ok(None) => continue,
+                Err(StoreError::ConditionFailed) => {
+                    clear_strays(store, agent, &head, &token).await?;
+                    direct = false;
+                    continue;
+                }
+                // Nobody waits out the lease for an error of ours.
+                Err(e) => {
+                    release(store, agent, &head, &token).await;
+                    return Err(e);
                 }
             }
         }
@@ -225,16 +256,16 @@ pub async fn append<S: Store>(
     unreachable!("the append loop only ends by returning")
 }
 
-/// The head with a fresh lease on it, if nobody took it since `head` was read.
+/// Puts a lease with `token` on the head, if nobody took it since `head` was read.
 async fn take_lease<S: Store>(
     store: &S,
     agent: &str,
     head: &Head,
     now: i64,
-) -> Result<Option<String>, StoreError> {
-    let token = tokenops::ids::random_token("lease");
+    token: &str,
+) -> Result<bool, StoreError> {
     let take = Write::put_if(
-        head_item(agent, head.last.as_ref(), head.seq, now + LEASE_MS, &token)?,
+        head_item(agent, head.last.as_ref(), head.seq, now + LEASE_MS, token)?,
         if head.exists {
             vec![
                 Cond::NumEq("seq".into(), head.seq),
@@ -245,9 +276,32 @@ async fn take_lease<S: Store>(
         },
     );
     match store.transact(vec![take]).await {
-        Ok(()) => Ok(Some(token)),
-        Err(StoreError::ConditionFailed) => Ok(None),
+        Ok(()) => Ok(true),
+        Err(StoreError::ConditionFailed) => Ok(false),
         Err(e) => Err(e),
+    }
+}
+
+/// Frees the lease if `token` still holds it and the head did not move (best effort: if this
+/// fails too, the lease lapses after [`LEASE_MS`]).
+async fn release<S: Store>(store: &S, agent: &str, head: &Head, token: &str) {
+    let freed = match head_item(agent, head.last.as_ref(), head.seq, 0, "") {
+        Ok(item) => {
+            store
+                .transact(vec![Write::put_if(
+                    item,
+                    vec![
+                        Cond::AttrEq("holder".into(), token.into()),
+                        Cond::NumEq("seq".into(), head.seq),
+                    ],
+                )])
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    match freed {
+        Ok(()) | Err(StoreError::ConditionFailed) => {}
+        Err(e) => tracing::warn!(agent, error = %e, "ledger lease not freed; it lapses"),
     }
 }
 
@@ -392,34 +446,24 @@ async fn clear_strays<S: Store>(
     agent: &str,
     head: &Head,
     token: &str,
-    own: &Page,
 ) -> Result<(), StoreError> {
-    for p in pending_pages(store, agent)
-        .await?
-        .iter()
-        .filter(|p| p.page != own.page)
-    {
-        if store.get(&seal_key(agent, &p.page)).await?.is_some() {
-            tracing::warn!(agent, page = %p.page, "a sealed page was pending again; removed");
-            store
-                .transact(vec![Write::Delete {
-                    key: page_key(agent, &p.page),
-                    conds: vec![],
-                }])
-                .await?;
+    let cleared = async {
+        for p in pending_pages(store, agent).await? {
+            if store.get(&seal_key(agent, &p.page)).await?.is_some() {
+                tracing::warn!(agent, page = %p.page, "a sealed page was pending again; removed");
+                store
+                    .transact(vec![Write::Delete {
+                        key: page_key(agent, &p.page),
+                        conds: vec![],
+                    }])
+                    .await?;
+            }
         }
+        Ok(())
     }
-    let release = Write::put_if(
-        head_item(agent, head.last.as_ref(), head.seq, 0, "")?,
-        vec![
-            Cond::AttrEq("holder".into(), token.into()),
-            Cond::NumEq("seq".into(), head.seq),
-        ],
-    );
-    match store.transact(vec![release]).await {
-        Ok(()) | Err(StoreError::ConditionFailed) => Ok(()),
-        Err(e) => Err(e),
-    }
+    .await;
+    release(store, agent, head, token).await;
+    cleared
 }
 
 /// `d` plus up to `d` again, so waiting appends do not poll in step.

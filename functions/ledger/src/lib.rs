@@ -75,19 +75,28 @@ pub async fn run_task<S: Store>(
 ) -> Result<TaskOutput, TaskError> {
     let run_id = task_input(&input)?;
     let mut rec = load(&ctx.store, &run_id).await?;
-    let p = &rec.payload;
-    if p.first_link(STAGE).is_none()
-        && !matches!(
+    // Ledgered already, or not (or no longer) in a state the ledger stage follows.
+    let done_or_refused = |rec: &RunRecord| -> Option<Result<TaskOutput, TaskError>> {
+        let p = &rec.payload;
+        if let Some(l) = p.first_link(STAGE) {
+            return Some(Ok(output(&run_id, l.id.clone(), p.state)));
+        }
+        (!matches!(
             p.state,
             RunState::CallbackDelivered | RunState::CallbackFailed
-        )
-    {
-        return Err(TaskError::InvalidTransition {
-            run_id,
-            state: p.state.as_str().into(),
-            stage: STAGE,
-        });
+        ))
+        .then(|| {
+            Err(TaskError::InvalidTransition {
+                run_id: run_id.clone(),
+                state: p.state.as_str().into(),
+                stage: STAGE,
+            })
+        })
+    };
+    if let Some(r) = done_or_refused(&rec) {
+        return r;
     }
+    let p = &rec.payload;
     let page = Page {
         page: run_id.clone(),
         run_id: run_id.clone(),
@@ -116,9 +125,11 @@ pub async fn run_task<S: Store>(
         rec.save(payload)
     };
     let mut appended = None;
-    for _ in 0..5 {
-        if let Some(l) = rec.payload.first_link(STAGE) {
-            return Ok(output(&run_id, l.id.clone(), rec.payload.state));
+    for round in 0..5 {
+        if round > 0 {
+            if let Some(r) = done_or_refused(&rec) {
+                return r;
+            }
         }
         let a = match appended.take() {
             Some(a) => a,

@@ -558,19 +558,38 @@ impl DynamoStore {
     }
 
     /// A single write goes out as its own request (cheaper than a one-item transaction).
+    /// DynamoDB refuses one that meets a transaction in flight on its item
+    /// (`TransactionConflictException`); like a transaction's conflict, that is no failed
+    /// condition, so it is tried again briefly.
     async fn single(&self, w: Write) -> Result<(), StoreError> {
         if let Write::Check { .. } = w {
             // DynamoDB has no lone condition check: send it as a one-item transaction, so the
             // engine evaluates it exactly as it would inside a larger one.
             return self.transaction(&[w]).await;
         }
+        let mut backoff = std::time::Duration::from_millis(5);
+        for attempt in 0.. {
+            match self.single_once(&w).await {
+                Err(StoreError::Unavailable(msg))
+                    if attempt < 8 && msg.contains("TransactionConflict") =>
+                {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_millis(200));
+                }
+                other => return other,
+            }
+        }
+        unreachable!("the loop returns by its eighth attempt")
+    }
+
+    async fn single_once(&self, w: &Write) -> Result<(), StoreError> {
         let mut e = Expr::default();
         self.count(Sent::Write);
-        trace_request(write_op(&w), &[w.key()]);
+        trace_request(write_op(w), &[w.key()]);
         match w {
             Write::Put { item, conds } => {
-                let c = e.conds(&conds);
-                let m = DynamoItem::from(&item).0;
+                let c = e.conds(conds);
+                let m = DynamoItem::from(item).0;
                 self.add_write_units(write_units(item_size(&m)));
                 self.client
                     .put_item()
@@ -590,9 +609,9 @@ impl DynamoStore {
                 set_doc,
                 conds,
             } => {
-                let u = update_expr(&mut e, &add, &set_attrs, &set_doc);
-                let c = e.conds(&conds);
-                let (k, values) = (key_map(&key), e.values());
+                let u = update_expr(&mut e, add, set_attrs, set_doc);
+                let c = e.conds(conds);
+                let (k, values) = (key_map(key), e.values());
                 self.add_write_units(write_units(
                     item_size(&k) + values.as_ref().map_or(0, item_size),
                 ));
@@ -609,12 +628,12 @@ impl DynamoStore {
                     .map_err(sdk_err)?;
             }
             Write::Delete { key, conds } => {
-                let c = e.conds(&conds);
+                let c = e.conds(conds);
                 self.add_write_units(1);
                 self.client
                     .delete_item()
                     .table_name(&*self.table)
-                    .set_key(Some(key_map(&key)))
+                    .set_key(Some(key_map(key)))
                     .set_condition_expression(c)
                     .set_expression_attribute_names(e.names())
                     .set_expression_attribute_values(e.values())
@@ -622,7 +641,7 @@ impl DynamoStore {
                     .await
                     .map_err(sdk_err)?;
             }
-            Write::Check { .. } => return self.transaction(&[w]).await,
+            Write::Check { .. } => return self.transaction(std::slice::from_ref(w)).await,
         }
         Ok(())
     }
