@@ -23,8 +23,9 @@
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use tokenops::backoff::Backoff;
 use tokenops::error::StoreError;
-use tokenops::ids::now_rfc3339;
+use tokenops::ids::{now_ms, now_rfc3339};
 use tokenops::proof::ledger::{link, EntryDraft, LedgerEntry};
 use tokenops::store::{Cond, Item, Key, Store, Write};
 
@@ -33,6 +34,14 @@ use tokenops::store::{Cond, Item, Key, Store, Write};
 pub const LEASE_MS: i64 = 15_000;
 /// Pages sealed per transaction (each page is 3 items; DynamoDB allows 100 per transaction).
 const PAGES_PER_SEAL: usize = 30;
+/// Between looks at a busy chain: a seal takes a few milliseconds locally, tens in AWS.
+const WAIT: Backoff = Backoff {
+    initial_secs: 0.01,
+    factor: 2.0,
+    cap_secs: 0.1,
+    retries: u32::MAX,
+    full_jitter: true,
+};
 /// How long an append waits for the chain before it reports the store busy: inside the
 /// function's timeout, so the state machine sees a retryable error, not a timed-out task.
 const APPEND_BUDGET: Duration = Duration::from_secs(10);
@@ -140,13 +149,6 @@ fn head_item(
     )
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// Appends `page` to `agent`'s chain exactly once, however often it is called (a retried task
 /// calls it again and gets the same last entry). `with` derives writes from the page's last
 /// entry (the run's link); they go into the sealing transaction when this call seals its own
@@ -171,7 +173,6 @@ pub async fn append<S: Store>(
     // failed sealing transaction (the caller's writes no longer hold, say) the entries go
     // through a page and the caller writes its own writes.
     let mut direct = true;
-    let mut pause = Duration::from_millis(5);
     // The token of a lease put that was refused, to recognize it on the head if it landed.
     let mut tried: Option<String> = None;
     for attempt in 0u32.. {
@@ -250,8 +251,7 @@ pub async fn append<S: Store>(
             page_written = true;
             continue;
         }
-        tokio::time::sleep(jittered(pause)).await;
-        pause = (pause * 2).min(Duration::from_millis(50));
+        tokio::time::sleep(WAIT.delay(attempt)).await;
     }
     unreachable!("the append loop only ends by returning")
 }
@@ -464,13 +464,4 @@ async fn clear_strays<S: Store>(
     .await;
     release(store, agent, head, token).await;
     cleared
-}
-
-/// `d` plus up to `d` again, so waiting appends do not poll in step.
-fn jittered(d: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|t| t.subsec_nanos() as u64)
-        .unwrap_or(0);
-    d + Duration::from_nanos(nanos % (d.as_nanos() as u64).max(1))
 }

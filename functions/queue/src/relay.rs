@@ -16,6 +16,7 @@
 use serde::Serialize;
 use tokenops::config::Ctx;
 use tokenops::error::StoreError;
+use tokenops::ids::now_ms;
 use tokenops::model::{ProviderRoute, RunMessage};
 use tokenops::ports::{CallbackSender, RunQueue, SettlementProvider};
 use tokenops::store::{Cond, Item, Key, Store, Write};
@@ -59,10 +60,6 @@ pub struct RelayReport {
     pub failures_handled: usize,
     pub gave_up: usize,
     pub errors: usize,
-}
-
-fn now_ms() -> i64 {
-    (tokenops::ids::now().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 /// The item again with its retry counters moved on, only if it still exists (the step it waits

@@ -13,8 +13,19 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_dynamodb::Client;
 
+use tokenops::backoff::Backoff;
 use tokenops::error::StoreError;
 use tokenops::store::{Cond, Item, Key, RequestCounts, Store, Write};
+
+/// Retries of a write that met a transaction in flight on its item (`TransactionConflict`): it
+/// is no failed condition and clears in milliseconds. 5, 10, 20 … 200 ms, eight times.
+const CONFLICT: Backoff = Backoff {
+    initial_secs: 0.005,
+    factor: 2.0,
+    cap_secs: 0.2,
+    retries: 8,
+    full_jitter: false,
+};
 
 /// Each request at trace level (`TOKENOPS_LOG=tokenops_aws::dynamodb=trace`): the operation and
 /// the kinds of the keys it touches (`RUN/RUN`, `OBJ/OBJ`, `LEDGER/E`…), never their ids.
@@ -567,19 +578,17 @@ impl DynamoStore {
             // engine evaluates it exactly as it would inside a larger one.
             return self.transaction(&[w]).await;
         }
-        let mut backoff = std::time::Duration::from_millis(5);
         for attempt in 0.. {
             match self.single_once(&w).await {
                 Err(StoreError::Unavailable(msg))
-                    if attempt < 8 && msg.contains("TransactionConflict") =>
+                    if attempt < CONFLICT.retries && msg.contains("TransactionConflict") =>
                 {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(std::time::Duration::from_millis(200));
+                    tokio::time::sleep(CONFLICT.delay(attempt)).await
                 }
                 other => return other,
             }
         }
-        unreachable!("the loop returns by its eighth attempt")
+        unreachable!("the loop returns by its last retry")
     }
 
     async fn single_once(&self, w: &Write) -> Result<(), StoreError> {
@@ -657,7 +666,6 @@ impl DynamoStore {
         let units: u64 = sizes.iter().map(|s| 2 * write_units(*s)).sum();
         // DynamoDB cancels a transaction that races another on the same item
         // (TransactionConflict); that is not a failed condition, so try again briefly.
-        let mut backoff = std::time::Duration::from_millis(5);
         let mut attempt = 0;
         loop {
             self.count(Sent::Transaction(items.len()));
@@ -694,12 +702,11 @@ impl DynamoStore {
             if is_validation(&msg) {
                 return Err(StoreError::Invalid(msg));
             }
-            if !conflict || attempt >= 8 {
+            if !conflict || attempt >= CONFLICT.retries {
                 return Err(StoreError::Unavailable(msg));
             }
+            tokio::time::sleep(CONFLICT.delay(attempt)).await;
             attempt += 1;
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(std::time::Duration::from_millis(200));
         }
     }
 }

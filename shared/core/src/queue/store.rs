@@ -4,7 +4,7 @@
 //! dead-letter queue. The SQS adapter (AWS plane) implements the same port.
 
 use crate::error::StoreError;
-use crate::ids::now;
+use crate::ids::now_ms;
 use crate::model::RunMessage;
 use crate::ports::{Delivery, QueueStats, RunQueue};
 use crate::store::{Cond, Item, Key, Store, Write};
@@ -47,10 +47,6 @@ impl QueueOps {
             deletes: self.deletes - earlier.deletes,
         }
     }
-}
-
-fn now_ms() -> i64 {
-    (now().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 impl<S: Store> StoreQueue<S> {

@@ -29,7 +29,7 @@ use crate::api::{object_item, Idem};
 use crate::config::Ctx;
 use crate::error::{ApiError, StoreError};
 use crate::http::ApiResponse;
-use crate::ids::{now, now_rfc3339, run_object_id};
+use crate::ids::{now, now_ms, now_rfc3339, run_object_id};
 use crate::model::{Balances, CreditEntitlement, PaymentRequest, ProviderRoute};
 use crate::store::{Cond, Item, Key, Store, Write};
 
@@ -109,10 +109,6 @@ pub enum Paid {
     },
     /// The request this payment paid for was completed before: its response.
     Replay(ApiResponse),
-}
-
-fn now_ms() -> i64 {
-    (now().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 fn record_key(payment_key: &str) -> Key {
